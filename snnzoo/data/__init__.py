@@ -1,0 +1,1 @@
+"""Image and event (DVS) data sets, transforms and event-to-frame integration."""

@@ -1,0 +1,53 @@
+"""Helpers for multi-step tensors ``[T, B, ...]``: applying stateless layers per step, and model input layouts."""
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+__all__ = ['MultiStep', 'to_time_major']
+
+
+class MultiStep(nn.Sequential):
+    """Apply stateless layers (conv, BN, pooling, linear) to every time step at once.
+
+    ``[T, B, ...] -> flatten to [T*B, ...] -> layers -> [T, B, ...]``; BatchNorm therefore normalises over T*B.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 3:
+            raise ValueError(f"MultiStep expects [T, B, ...], got shape {tuple(x.shape)}")
+        T, B = x.shape[:2]
+        y = super().forward(x.flatten(0, 1))
+        return y.unflatten(0, (T, B))
+
+
+def to_time_major(x: torch.Tensor, T: int, in_chans: int, img_size: Optional[tuple] = None,
+                  name: str = 'model') -> torch.Tensor:
+    """Model input to ``[T, B, C, H, W]``.
+
+    Static images ``[B, C, H, W]`` are repeated T times (as the original implementations do); event frames
+    ``[B, T', C, H, W]`` (the layout of DVS data loaders) are transposed and keep their own T'.
+    ``img_size`` (H, W), when given, is checked.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} expects a tensor, got {type(x).__name__}")
+    if x.dim() == 4:
+        c = x.shape[1]
+    elif x.dim() == 5:
+        c = x.shape[2]
+    else:
+        raise ValueError(f"{name} expects static images [B, C, H, W] or event frames [B, T, C, H, W], "
+                         f"got a tensor of rank {x.dim()} and shape {tuple(x.shape)}")
+    if c != in_chans:
+        hint = (" (for event frames the layout is [B, T, C, H, W]: time second, channels third)"
+                if x.dim() == 5 else "")
+        raise ValueError(f"{name} was built with in_chans={in_chans} but the input has {c} channels "
+                         f"(shape {tuple(x.shape)}){hint}; build it with in_chans={c} or fix the input")
+    if img_size is not None and tuple(x.shape[-2:]) != tuple(img_size):
+        raise ValueError(f"{name} was built for {tuple(img_size)} inputs but got {tuple(x.shape[-2:])}; "
+                         f"build it with img_size={tuple(x.shape[-2:])} or resize the input")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} expects a floating-point input, got {x.dtype}")
+    if x.dim() == 4:
+        return x.unsqueeze(0).expand(T, *x.shape)
+    return x.transpose(0, 1)

@@ -1,0 +1,1 @@
+"""The Hydra training and evaluation entry points (``snnzoo-train``, ``snnzoo-eval``)."""
