@@ -1,42 +1,56 @@
-"""Fused CUDA kernels for the multi-step neurons, compiled with CuPy/NVRTC (imported lazily, never by ``import snnzoo``).
+"""Fused CUDA kernels for the multi-step LIF / IF / PLIF neurons, compiled with NVRTC through CuPy.
 
-This module imports nothing of snnzoo at import time and does not import CuPy until a kernel is needed.
+One launch runs the whole recurrence over T (forward, and backward through time) for every neuron option of
+:mod:`snnzoo.layers.neuron`: LIF / IF / PLIF (with the gradient to PLIF's decay), hard and soft reset, decay_input,
+detach_reset, the four surrogates, on float32 / float16 / bfloat16 tensors (stored in their dtype, computed in float32).
+Forward saves only H in the input dtype. The kernels are the torch custom ops ``snnzoo::neuron_fwd`` /
+``snnzoo::neuron_bwd`` (fake implementations and autograd registered, so ``torch.compile`` traces them), launched on
+torch's current stream under a device guard.
+
+This package imports nothing of snnzoo and does not import CuPy until a kernel runs (:mod:`.ops` registers the custom
+ops when first needed).
 """
 import importlib.util
+from typing import Optional
 
 import torch
 
 __all__ = ['is_available', 'require', 'neuron_multistep']
 
-_FIX = ("install the kernels' dependency with pip install 'snnzoo[cuda]' and run on a CUDA tensor, "
-        "or use backend='torch'")
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_CUPY_INSTALLED = importlib.util.find_spec('cupy') is not None
 
 
 def _cupy_installed() -> bool:
-    return importlib.util.find_spec('cupy') is not None
+    return _CUPY_INSTALLED
 
 
-def is_available() -> bool:
-    """True when fused kernels can run here (CuPy installed and a CUDA device present)."""
-    return _kernels_ready() and _cupy_installed() and torch.cuda.is_available()
-
-
-def _kernels_ready() -> bool:
-    return False
+def is_available(x: Optional[torch.Tensor] = None) -> bool:
+    """True when the fused kernels can run here (CuPy installed, a CUDA device present), and can run ``x`` if given
+    (a CUDA tensor of a supported dtype)."""
+    if not (_cupy_installed() and torch.cuda.is_available()):
+        return False
+    return x is None or (x.is_cuda and x.dtype in DTYPES)
 
 
 def require(x: torch.Tensor) -> None:
     """Raise a clear error when ``backend='cupy'`` cannot run ``x``."""
-    if not _kernels_ready():
-        raise RuntimeError("backend='cupy': the fused CuPy kernels are not part of this build of snnzoo yet; "
-                           "use backend='torch' (or 'auto', which picks torch)")
     if not _cupy_installed():
-        raise RuntimeError(f"backend='cupy' needs CuPy, which is not installed: {_FIX}")
+        raise RuntimeError("backend='cupy' needs CuPy, which is not installed: pip install 'snnzoo[cuda]' (and run "
+                           "on a CUDA tensor), or use backend='torch' (or 'auto', which falls back to torch)")
     if not x.is_cuda:
-        raise RuntimeError(f"backend='cupy' runs on CUDA tensors, got a tensor on {x.device}: move the model and "
-                           f"input to a GPU, or use backend='torch'")
+        raise RuntimeError(f"backend='cupy' runs fused CUDA kernels and needs a CUDA tensor, got one on {x.device}: "
+                           f"move the model and input to a GPU (with CuPy: pip install 'snnzoo[cuda]'), or use "
+                           f"backend='torch' (or 'auto', which falls back to torch)")
+    if x.dtype not in DTYPES:
+        raise TypeError(f"backend='cupy' runs float32, float16 and bfloat16 tensors, got {x.dtype}; use "
+                        f"backend='torch' (or 'auto') for {x.dtype}")
 
 
-def neuron_multistep(x, v0, k, cfg):
+def neuron_multistep(x: torch.Tensor, v0: Optional[torch.Tensor], k: Optional[torch.Tensor],
+                     cfg) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run neuron ``cfg`` (a :class:`snnzoo.layers.neuron.NeuronConfig`) over ``x [T, ...]`` from ``v0 [...]`` (None:
+    V_reset, or 0 for soft reset) with PLIF decay ``k`` (0-dim tensor, else None); return (spikes [T, ...], V[T])."""
     require(x)
-    raise AssertionError('unreachable')
+    from .ops import multistep
+    return multistep(x, v0, k, cfg)

@@ -97,7 +97,7 @@ class _MultiStepNeuron(torch.autograd.Function):
     def forward(ctx, x, v0, k, cfg: NeuronConfig):
         h_seq = torch.empty_like(x, memory_format=torch.contiguous_format)
         s_seq = torch.empty_like(h_seq)
-        tau = torch.tensor(cfg.tau, dtype=x.dtype) if k is None else None
+        tau = torch.tensor(cfg.tau, dtype=x.dtype, device=x.device) if k is None else None
         v = torch.full_like(h_seq[0], 0.0 if cfg.v_reset is None else cfg.v_reset)
         v_in = v if v0 is None else v0
         for t in range(x.shape[0]):
@@ -188,7 +188,7 @@ def _use_cupy(backend: str, x: torch.Tensor) -> bool:
     if backend == 'cupy':
         cuda.require(x)
         return True
-    return x.is_cuda and cuda.is_available()
+    return cuda.is_available(x)
 
 
 def _check_backend(backend: str) -> str:

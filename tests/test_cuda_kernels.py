@@ -1,0 +1,558 @@
+"""The fused neuron kernels of snnzoo.cuda, checked without a GPU and (tests marked ``cuda``) with one.
+
+Without a GPU: (1) NVRTC compiles every kernel variant for sm_80 and sm_90; (2) the host build of the kernels'
+arithmetic (neuron_core.cuh, compiled with g++) runs the custom ops on CPU tensors and equals snnzoo's torch backend
+for every neuron option; (3) the pure-Python parts (variants, caches, dispatch, fake implementations, torch.compile
+tracing). With a GPU: the kernels equal the torch backend for every variant and dtype, under torch.compile, on a
+side stream and on a second device.
+"""
+import ast
+import ctypes
+import itertools
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn as nn
+
+import snnzoo.cuda as snn_cuda
+from snnzoo.cuda import kernels, ops
+from snnzoo.layers import IFNode, LIFNode, MultiStep, ParametricLIFNode, set_backend
+from snnzoo.layers.neuron import NeuronConfig, neuron_multistep
+from snnzoo.layers.surrogate import SURROGATES, default_alpha
+
+CUDA_DIR = Path(snn_cuda.__file__).resolve().parent
+DTYPE_CODES = {'float32': 0, 'float16': 1, 'bfloat16': 2}
+LOW = (torch.float16, torch.bfloat16)
+
+
+def all_configs():
+    """Every neuron option: charge x reset x decay_input x detach_reset x surrogate, with varied scalars."""
+    out = []
+    combos = itertools.product(('if', 'lif', 'plif'), (True, False), (True, False), (True, False), SURROGATES)
+    for i, (charge, hard, decay_input, detach, surrogate) in enumerate(combos):
+        out.append(NeuronConfig(
+            charge=charge, tau=(2.0, 4 / 3, 3.0)[i % 3], decay_input=decay_input,
+            v_threshold=(1.0, 0.5, 0.7)[i % 3], v_reset=(0.0, -0.2)[i % 2] if hard else None,
+            detach_reset=detach, surrogate=surrogate, alpha=default_alpha(surrogate) * (1.0, 1.5)[i % 2]))
+    return out
+
+
+CONFIGS = all_configs()
+
+
+def cfg_id(cfg):
+    return (f"{cfg.charge}-{'hard' if cfg.v_reset is not None else 'soft'}-{'di' if cfg.decay_input else 'nodi'}-"
+            f"{'detach' if cfg.detach_reset else 'keep'}-{cfg.surrogate}")
+
+
+def inputs(cfg, shape=(6, 3, 41), dtype=torch.float32, device='cpu', seed=0):
+    """x [T, ...] (firing about half the time), v0, PLIF's w, and upstream gradients for spikes and V[T]."""
+    g = torch.Generator().manual_seed(seed)
+    gain = {'if': 1.0, 'lif': cfg.tau, 'plif': 1.7}[cfg.charge] if cfg.decay_input else 1.0
+    x = (torch.randn(shape, generator=g) * 1.5 + 0.6) * cfg.v_threshold * gain
+    v0 = torch.randn(shape[1:], generator=g) * 0.5
+    w = torch.tensor(0.4)
+    grad_s = torch.randn(shape, generator=g)
+    grad_v = torch.randn(shape[1:], generator=g)
+    to = dict(device=device)
+    return x.to(dtype=dtype, **to), v0.to(**to), w.to(**to), grad_s.to(dtype=dtype, **to), grad_v.to(**to)
+
+
+def run(fn, cfg, x, v0, w, grad_s, grad_v):
+    """Forward + backward of fn(x, v0, k, cfg) -> (spikes, V[T]); returns outputs and gradients (x, v0, w)."""
+    x = x.detach().clone().requires_grad_()
+    v0 = None if v0 is None else v0.detach().clone().requires_grad_()
+    w = w.detach().clone().requires_grad_()
+    k = w.sigmoid() if cfg.charge == 'plif' else None
+    spikes, v = fn(x, v0, k, cfg)
+    ((spikes.float() * grad_s.float()).sum() + (v * grad_v).sum()).backward()
+    return dict(spikes=spikes.detach(), v=v.detach(), x=x.grad, v0=None if v0 is None else v0.grad,
+                w=w.grad if cfg.charge == 'plif' else None)
+
+
+def torch_backend(x, v0, k, cfg):
+    return neuron_multistep(x, v0, k, cfg, backend='torch')
+
+
+def assert_grads_close(ours, ref, names=('x', 'v0', 'w'), rtol=1e-5, atol=1e-6):
+    for name in names:
+        if ref[name] is None:
+            assert ours[name] is None, name
+            continue
+        assert ours[name].dtype == ref[name].dtype, name
+        scale = ref[name].abs().max().item()
+        torch.testing.assert_close(ours[name], ref[name], rtol=rtol, atol=atol * max(scale, 1.0), msg=name)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# (1) NVRTC compiles every variant for sm_80 and sm_90 (no GPU needed)
+
+@pytest.fixture(scope='module')
+def nvrtc():
+    try:
+        return kernels._nvrtc()
+    except RuntimeError as error:
+        pytest.skip(str(error))
+
+
+@pytest.mark.parametrize('arch', [80, 90])
+def test_nvrtc_compiles_every_variant(nvrtc, arch):
+    variants = kernels.all_variants()
+    compiled = kernels.compile_variants(variants, arch)
+    assert compiled.image[:4] == b'\x7fELF'                       # a CUBIN for sm_<arch>
+    assert set(compiled.lowered) == {v.name_expression for v in variants}
+    assert len(set(compiled.lowered.values())) == len(variants) == 90
+
+
+def test_unknown_newer_architecture_gets_ptx(nvrtc):
+    compiled = kernels.compile_variants([kernels.Variant('fwd', 'float16', 'plif', True)], 999)
+    assert compiled.image.startswith(b'//') and b'.entry' in compiled.image   # PTX the driver JIT-compiles
+
+
+def test_compile_error_carries_the_log(nvrtc, monkeypatch, tmp_path):
+    broken = tmp_path / 'neuron_kernels.cu'
+    broken.write_text(kernels.KERNEL_SOURCE.read_text().replace('forward_lanes<CHARGE, HARD, 1>', 'no_such<1>'))
+    monkeypatch.setattr(kernels, 'KERNEL_SOURCE', broken)
+    with pytest.raises(kernels.CompileError, match='no_such'):
+        kernels.compile_variants([kernels.Variant('fwd', 'float32', 'lif', True)], 80)
+
+
+def test_binary_cache_memory_and_disk(nvrtc, monkeypatch, tmp_path):
+    monkeypatch.setenv('SNNZOO_KERNEL_CACHE', str(tmp_path))
+    monkeypatch.setattr(kernels, '_binaries', {})
+    variant = kernels.variant_for('bwd', 'bfloat16', 'plif', False, 1)
+    image, lowered = kernels.binary(variant, 90)
+    assert image[:4] == b'\x7fELF' and lowered.startswith('_Z')
+    assert len(list(tmp_path.glob('*.bin'))) == 1
+    monkeypatch.setattr(kernels, 'compile_variants', lambda *a: pytest.fail('compiled again instead of caching'))
+    assert kernels.binary(variant, 90) == (image, lowered)            # memory
+    monkeypatch.setattr(kernels, '_binaries', {})
+    assert kernels.binary(variant, 90) == (image, lowered)            # disk
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# (2) the host build of neuron_core.cuh, run through the custom ops on CPU tensors, against the torch backend
+
+@pytest.fixture(scope='module')
+def host_lib(tmp_path_factory):
+    """g++ build of host_reference.cpp (the kernels' per-neuron code) with every float operation rounded."""
+    cxx = os.environ.get('CXX') or shutil.which('g++') or shutil.which('c++')
+    if not cxx:
+        pytest.skip('no C++ compiler (g++) to build the host reference of the kernels')
+    out = tmp_path_factory.mktemp('snn_host') / 'libsnn_host.so'
+    cmd = [cxx, '-O2', '-std=c++20', '-ffp-contract=off', '-shared', '-fPIC', str(CUDA_DIR / 'host_reference.cpp'),
+           '-o', str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stderr}"
+    lib = ctypes.CDLL(str(out))
+    p, f, i, ll = ctypes.c_void_p, ctypes.c_float, ctypes.c_int, ctypes.c_longlong
+    lib.snn_host_forward.argtypes = [i, i, i, p, p, f, p, p, p, ll, i, f, f, f, i]
+    lib.snn_host_backward.argtypes = [i, i, i, i, p, p, p, p, f, p, p, p, ll, i, f, f, f, f, f, i]
+    return lib
+
+
+@pytest.fixture
+def host_ops(host_lib, monkeypatch):
+    """Route snnzoo::neuron_fwd / neuron_bwd on CPU tensors to the host build (same arguments as the kernels)."""
+    def run_host(variant, args):
+        charge, hard = kernels.CHARGES[variant.charge], int(variant.hard_reset)
+        k_ptr = args[2] if variant.direction == 'fwd' else args[4]
+        k = ctypes.c_float.from_address(k_ptr).value if k_ptr else 0.0
+        if variant.direction == 'fwd':
+            x, v0, _, spikes, h, v_last, n, steps, tau, v_th, v_r, flags = args
+            rc = host_lib.snn_host_forward(DTYPE_CODES[variant.dtype], charge, hard, x, v0, k, spikes, h, v_last,
+                                           int(n), int(steps), tau, v_th, v_r, int(flags))
+        else:
+            gs, gv, h, v0, _, gx, gv0, gk, n, steps, tau, v_th, v_r, c1, c2, flags = args
+            rc = host_lib.snn_host_backward(DTYPE_CODES[variant.dtype], charge, hard, variant.surrogate, gs, gv, h,
+                                            v0, k, gx, gv0, gk, int(n), int(steps), tau, v_th, v_r, c1, c2,
+                                            int(flags))
+        if rc != 0:
+            pytest.skip(f"the host compiler cannot store {variant.dtype}")
+
+    monkeypatch.setattr(ops, '_HOST_RUN', run_host)
+    return host_lib
+
+
+@pytest.mark.parametrize('cfg', CONFIGS, ids=cfg_id)
+def test_host_build_equals_torch_backend_float32(host_ops, cfg):
+    x, v0, w, grad_s, grad_v = inputs(cfg)
+    for start in (None, v0):
+        ref = run(torch_backend, cfg, x, start, w, grad_s, grad_v)
+        ours = run(ops.multistep, cfg, x, start, w, grad_s, grad_v)
+        assert 0.05 < ref['spikes'].mean() < 0.95
+        assert torch.equal(ours['spikes'], ref['spikes'])
+        assert torch.equal(ours['v'], ref['v'])
+        assert_grads_close(ours, ref)
+    # the saved H equals the torch backend's bit for bit
+    k = w.sigmoid() if cfg.charge == 'plif' else None
+    h = _forward_op(x, v0, k, cfg, save_h=True)[2]
+    ref_h = neuron_multistep(x.clone().requires_grad_(), v0, k, cfg, backend='torch')[0].grad_fn.saved_tensors[0]
+    assert torch.equal(h, ref_h)
+
+
+def _forward_op(x, v0, k, cfg, save_h):
+    return torch.ops.snnzoo.neuron_fwd(x, v0, k, cfg.charge, cfg.decay_input, cfg.tau, cfg.v_threshold, cfg.v_reset,
+                                       cfg.detach_reset, cfg.surrogate_id, cfg.alpha, save_h)
+
+
+def _backward_op(grad_s, grad_v, h, v0, k, cfg):
+    return torch.ops.snnzoo.neuron_bwd(grad_s, grad_v, h, v0, k, cfg.charge, cfg.decay_input, cfg.tau,
+                                       cfg.v_threshold, cfg.v_reset, cfg.detach_reset, cfg.surrogate_id, cfg.alpha,
+                                       v0 is not None)
+
+
+def check_low_precision(cfg, dtype, device='cpu'):
+    """16-bit storage: spikes and V[T] equal the torch backend (float32 arithmetic on the same rounded inputs); the
+    saved H is the rounded float32 H (nudged only where rounding would flip a spike); backward equals the float32
+    kernel path run on the saved H, rounded once at the end; and (smooth surrogates) stays within the dtype's
+    precision of the all-float32 gradients."""
+    cpu = inputs(cfg, shape=(6, 3, 40), dtype=dtype)
+    ref = run(torch_backend, cfg, *cpu)                                # the reference always runs on the CPU
+    x, v0, w, grad_s, grad_v = (t.to(device) for t in cpu)
+    k = w.sigmoid().detach() if cfg.charge == 'plif' else None
+    ours = {key: None if val is None else val.cpu()
+            for key, val in run(ops.multistep, cfg, x, v0, w, grad_s, grad_v).items()}
+    assert ours['spikes'].dtype == dtype and ours['v'].dtype == torch.float32
+    assert torch.equal(ours['spikes'], ref['spikes']) and torch.equal(ours['v'], ref['v'])
+
+    spikes, _, h = _forward_op(x, v0, k, cfg, save_h=True)
+    h32 = _forward_op(x.float(), v0, k, cfg, save_h=True)[2]
+    nearest = h32.to(dtype)
+    moved = h != nearest
+    assert torch.equal((h.float() >= cfg.v_threshold).to(dtype), spikes)
+    assert torch.equal(moved, (nearest.float() >= cfg.v_threshold) != (h32 >= cfg.v_threshold))
+
+    grad_x, grad_v0, grad_k = _backward_op(grad_s, grad_v, h, v0, k, cfg)
+    exp_x, exp_v0, exp_k = _backward_op(grad_s.float(), grad_v, h.float(), v0, k, cfg)
+    assert torch.equal(grad_x, exp_x.to(dtype)) and torch.equal(grad_v0, exp_v0)
+    if cfg.charge == 'plif':
+        torch.testing.assert_close(grad_k, exp_k, rtol=1e-6, atol=1e-6 * max(exp_k.abs().item(), 1.0))
+
+    if cfg.surrogate != 'rectangle':    # (a step: H rounded across its edge flips a surrogate value)
+        bound = 0.01 if dtype == torch.float16 else 0.05
+        for name in ('x', 'v0'):
+            err = (ours[name].float() - ref[name].float()).norm() / ref[name].float().norm()
+            assert err < bound, (name, err.item())
+
+
+@pytest.mark.parametrize('dtype', LOW, ids=str)
+@pytest.mark.parametrize('cfg', CONFIGS[::3], ids=cfg_id)
+def test_host_build_low_precision(host_ops, cfg, dtype):
+    check_low_precision(cfg, dtype)
+
+
+@pytest.mark.parametrize('node', [
+    lambda b: LIFNode(tau=2.0, detach_reset=True, backend=b),
+    lambda b: LIFNode(tau=4 / 3, decay_input=False, v_threshold=0.5, detach_reset=True, surrogate='rectangle',
+                      backend=b),
+    lambda b: IFNode(v_reset=None, surrogate='atan', backend=b),
+    lambda b: ParametricLIFNode(init_tau=2.0, surrogate='piecewise_quadratic', backend=b),
+], ids=['lif', 'ms_resnet_lif', 'if_soft', 'plif'])
+def test_nodes_with_cupy_backend_run_the_ops(host_ops, monkeypatch, node):
+    """LIFNode / IFNode / ParametricLIFNode(backend='cupy') -> snnzoo.cuda -> custom ops, stateless and stateful."""
+    monkeypatch.setattr(snn_cuda, 'require', lambda x: None)         # CPU tensors reach the host build
+    calls = []
+    monkeypatch.setattr(ops, '_HOST_RUN', lambda v, a, run=ops._HOST_RUN: (calls.append(v), run(v, a)))
+    torch.manual_seed(0)
+    for stateful in (False, True):
+        ours, ref = node('cupy'), node('torch')
+        ours.stateful = ref.stateful = stateful
+        xs = [torch.randn(4, 2, 5, 6) + 0.5 for _ in range(2)]
+        for x in xs:                                                    # stateful: the second call continues
+            a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+            sa, sb = ours(a), ref(b)
+            assert torch.equal(sa, sb)
+            (sa * x).sum().backward()
+            (sb * x).sum().backward()
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
+            if stateful:
+                assert torch.equal(ours.v, ref.v)
+                ours.v, ref.v = ours.v.detach(), ref.v.detach()
+        if isinstance(ours, ParametricLIFNode):
+            torch.testing.assert_close(ours.w.grad, ref.w.grad, rtol=1e-5, atol=1e-6)
+    assert {v.direction for v in calls} == {'fwd', 'bwd'}
+
+
+def test_inference_saves_nothing(host_ops):
+    cfg = NeuronConfig()
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        _, _, h = _forward_op(x, None, None, cfg, save_h=False)
+    assert h.numel() == 0
+    seen = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: seen.append(t) or t, lambda t: t):
+        ops.multistep(x.requires_grad_(), None, None, cfg)
+    assert [tuple(t.shape) for t in seen if t is not None] == [(3, 8)]   # H only: 4 bytes per element in float32
+
+
+def test_opcheck(host_ops):
+    """torch.library.opcheck: schema, fake tensors, autograd registration and AOT dispatch of both ops."""
+    cfg = NeuronConfig(charge='plif', v_reset=None, surrogate='atan', alpha=2.0)
+    x, v0, w, grad_s, grad_v = inputs(cfg, shape=(3, 2, 5))
+    k = w.sigmoid().detach()
+    fwd_args = (x.requires_grad_(), v0.requires_grad_(), k.requires_grad_(), 'plif', True, 2.0, 1.0, None, False,
+                1, 2.0, True)
+    torch.library.opcheck(torch.ops.snnzoo.neuron_fwd.default, fwd_args)
+    h = _forward_op(x.detach(), v0.detach(), k.detach(), cfg, True)[2]
+    torch.library.opcheck(torch.ops.snnzoo.neuron_bwd.default,
+                          (grad_s, grad_v, h, v0.detach(), k.detach(), 'plif', True, 2.0, 1.0, None, False, 1, 2.0,
+                           True))
+
+
+class ConvBNLIF(nn.Module):
+    """A small Spikformer-like stack: conv-BN-LIF, conv-BN-PLIF, pooled linear head."""
+
+    def __init__(self, backend):
+        super().__init__()
+        self.block1 = MultiStep(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8))
+        self.lif1 = LIFNode(tau=2.0, detach_reset=True, backend=backend)
+        self.block2 = MultiStep(nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8))
+        self.lif2 = ParametricLIFNode(backend=backend)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.lif1(self.block1(x))
+        x = self.lif2(self.block2(x))
+        return self.head(x.mean((0, 3, 4)))
+
+
+def test_torch_compile_fullgraph_cpu(host_ops, monkeypatch):
+    """torch.compile(fullgraph=True) traces a conv-BN-LIF stack through the custom ops (fake impls + autograd)."""
+    monkeypatch.setattr(snn_cuda, 'require', lambda x: None)
+    torch.manual_seed(0)
+    model = ConvBNLIF('cupy')
+    x = torch.randn(2, 3, 3, 8, 8) + 0.5
+    eager = model(x)
+    eager.sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    compiled = torch.compile(model, fullgraph=True, backend='aot_eager')
+    out = compiled(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, eager)
+    for p, g in zip(model.parameters(), grads):
+        torch.testing.assert_close(p.grad, g)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# (3) pure-Python parts: variants, dispatch, fake implementations, imports
+
+def test_variants():
+    variants = kernels.all_variants()
+    assert len(variants) == len(set(variants)) == 18 + 72
+    assert len({v.name_expression for v in variants}) == 90
+    assert kernels.variant_for('fwd', 'float16', 'lif', True, 3) == kernels.Variant('fwd', 'float16', 'lif', True)
+    assert kernels.variant_for('bwd', 'bfloat16', 'if', False, 2).name_expression == \
+        'snn::neuron_bwd<snn::bfloat16, 0, false, 2>'
+    with pytest.raises(TypeError, match="backend='torch'"):
+        kernels.variant_for('fwd', 'float64', 'lif', True, 0)
+    with pytest.raises(ValueError, match='surrogate'):
+        kernels.variant_for('bwd', 'float32', 'lif', True, 7)
+    with pytest.raises(ValueError, match='charge'):
+        kernels.variant_for('fwd', 'float32', 'alif', True, 0)
+
+
+def test_python_constants_match_the_header():
+    enums = {name: int(value) for name, value in
+             re.findall(r'\b((?:F|CHARGE|SG)_\w+) = (\d+)', (CUDA_DIR / 'neuron_core.cuh').read_text())}
+    assert {name: enums['CHARGE_' + name.upper()] for name in kernels.CHARGES} == kernels.CHARGES
+    assert {name: enums['SG_' + name.upper()] for name in kernels.SURROGATE_IDS} == kernels.SURROGATE_IDS
+    flags = {name: value for name, value in enums.items() if name.startswith('F_')}
+    assert flags == {name: getattr(ops, name) for name in flags}
+
+
+def test_surrogate_ids_and_constants_match_the_layers():
+    assert kernels.SURROGATE_IDS == {name: sid for name, (sid, _) in SURROGATES.items()}
+    assert kernels.surrogate_constants(2, 1.0) == (0.5, 1.0)
+    assert kernels.surrogate_constants(3, 2.0) == (-4.0, 2.0)
+
+
+def test_launch_config():
+    x = torch.empty(4, 1 << 20)
+    assert ops.launch_config(1 << 20, torch.float32, (x, None)) == (True, 1 << 18)
+    assert ops.launch_config(1 << 20, torch.bfloat16, (x.bfloat16(),)) == (True, 1 << 17)
+    assert ops.launch_config((1 << 20) + 2, torch.float32, (x,)) == (False, (1 << 20) + 2)   # not a multiple of 4
+    assert ops.launch_config(1 << 20, torch.float32, (x.view(-1)[1:],)) == (False, 1 << 20)  # misaligned
+    assert ops.launch_config(1000, torch.float32, (x,)) == (False, 1000)                    # small: scalar path
+
+
+def test_cupy_backend_without_gpu_names_the_fix(monkeypatch):
+    x = torch.randn(3, 4)
+    for node in (LIFNode(backend='cupy'), set_backend(nn.Sequential(IFNode()), 'cupy')):
+        with pytest.raises(RuntimeError, match=r"pip install 'snnzoo\[cuda\]'.*backend='torch'"):
+            node(x)
+    monkeypatch.setattr(snn_cuda, '_cupy_installed', lambda: False)
+    with pytest.raises(RuntimeError, match=r"CuPy, which is not installed: pip install 'snnzoo\[cuda\]'"):
+        LIFNode(backend='cupy')(x)
+    assert not snn_cuda.is_available()
+    assert torch.equal(LIFNode(backend='auto')(x), LIFNode(backend='torch')(x))   # auto falls back silently
+
+
+def test_is_available_and_require_check_the_tensor(monkeypatch):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    assert snn_cuda.is_available()
+    assert not snn_cuda.is_available(torch.zeros(2))                   # a CPU tensor
+    cuda64 = SimpleNamespace(is_cuda=True, dtype=torch.float64, device=torch.device('cuda', 0))
+    assert not snn_cuda.is_available(cuda64)                           # float64: the torch backend's job
+    assert snn_cuda.is_available(SimpleNamespace(is_cuda=True, dtype=torch.bfloat16))
+    with pytest.raises(TypeError, match="float64; use backend='torch'"):
+        snn_cuda.require(cuda64)
+
+
+def test_ops_refuse_cpu_tensors_without_the_host_build():
+    with pytest.raises(RuntimeError, match='CUDA tensors'):
+        _forward_op(torch.randn(2, 3), None, None, NeuronConfig(), False)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_fake_implementations(dtype):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    cfg = NeuronConfig(charge='plif')
+    with FakeTensorMode():
+        x = torch.empty(4, 2, 3, 5, dtype=dtype)
+        v0, k = torch.empty(2, 3, 5), torch.empty(())
+        spikes, v, h = _forward_op(x, v0, k, cfg, save_h=True)
+        assert (spikes.shape, spikes.dtype, v.shape, v.dtype, h.shape, h.dtype) == \
+            (x.shape, dtype, v0.shape, torch.float32, x.shape, dtype)
+        assert _forward_op(x, None, k, cfg, save_h=False)[2].shape == (0,)
+        gx, gv0, gk = _backward_op(torch.empty_like(x), None, h, v0, k, cfg)
+        assert (gx.shape, gx.dtype, gv0.shape, gv0.dtype, gk.shape, gk.dtype) == \
+            (x.shape, dtype, v0.shape, torch.float32, (), torch.float32)
+    x = torch.empty(6, 7, device='meta', dtype=dtype)
+    spikes, v, h = _forward_op(x, None, None, NeuronConfig(), save_h=False)
+    assert spikes.device.type == 'meta' and v.shape == (7,) and h.shape == (0,)
+    with pytest.raises(ValueError, match='v0 must be a float32 tensor of shape'):
+        _forward_op(x, torch.empty(6, device='meta'), None, NeuronConfig(), False)
+    with pytest.raises(ValueError, match="'plif' needs decay tensor k"):
+        _forward_op(x, None, None, NeuronConfig(charge='plif'), False)
+
+
+def _imported_names(node):
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    return [node.module or ''] if node.level == 0 else []
+
+
+def test_cuda_package_imports_nothing_of_snnzoo_and_no_cupy_at_import():
+    for path in CUDA_DIR.glob('*.py'):
+        tree = ast.parse(path.read_text())
+        in_functions = {id(n) for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+                        for n in ast.walk(fn)}
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            assert getattr(node, 'level', 0) <= 1, f"{path.name} imports from outside snnzoo.cuda"
+            tops = {name.split('.')[0] for name in _imported_names(node)}
+            assert 'snnzoo' not in tops, f"{path.name} imports snnzoo"
+            assert 'cupy' not in tops or id(node) in in_functions, f"{path.name} imports cupy at import time"
+    # loaded on its own (not through snnzoo/__init__), the package and its ops pull in neither snnzoo nor cupy
+    code = (f"import importlib.util, sys; spec = importlib.util.spec_from_file_location('alone', "
+            f"{str(CUDA_DIR / '__init__.py')!r}, submodule_search_locations=[{str(CUDA_DIR)!r}]); "
+            f"sys.modules['alone'] = module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module); "
+            f"import alone.ops; "
+            f"sys.exit(' '.join(m for m in sys.modules if m.split('.')[0] in ('snnzoo', 'cupy')) or None)")
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert proc.returncode == 0, f"snnzoo.cuda imported: {proc.stderr[-800:]}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# (4) on a GPU: the kernels themselves
+
+def cuda_run(cfg, x, v0, w, grad_s, grad_v):
+    dev = torch.device('cuda')
+    ours = run(lambda *a: snn_cuda.neuron_multistep(*a), cfg, x.to(dev), None if v0 is None else v0.to(dev),
+               w.to(dev), grad_s.to(dev), grad_v.to(dev))
+    return {k: None if v is None else v.cpu() for k, v in ours.items()}
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('vector', [False, True], ids=['scalar', 'vector'])
+@pytest.mark.parametrize('cfg', CONFIGS, ids=cfg_id)
+def test_cuda_float32_equals_torch_backend(cfg, vector, monkeypatch):
+    """Kernels on the GPU vs the torch backend on the CPU (true division, like the kernels): spikes and V[T]
+    identical, gradients to float32 rounding; with and without 16-byte vector accesses."""
+    if vector:
+        monkeypatch.setattr(ops, 'VEC_MIN_THREADS', 1)
+    x, v0, w, grad_s, grad_v = inputs(cfg, shape=(5, 4, 64))
+    for start in (None, v0):
+        ref = run(torch_backend, cfg, x, start, w, grad_s, grad_v)
+        ours = cuda_run(cfg, x, start, w, grad_s, grad_v)
+        assert torch.equal(ours['spikes'], ref['spikes']) and torch.equal(ours['v'], ref['v'])
+        assert_grads_close(ours, ref)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('vector', [False, True], ids=['scalar', 'vector'])
+@pytest.mark.parametrize('dtype', LOW, ids=str)
+@pytest.mark.parametrize('cfg', CONFIGS, ids=cfg_id)
+def test_cuda_low_precision(cfg, dtype, vector, monkeypatch):
+    if vector:
+        monkeypatch.setattr(ops, 'VEC_MIN_THREADS', 1)
+    check_low_precision(cfg, dtype, device='cuda')
+
+
+@pytest.mark.cuda
+def test_cuda_large_tensor_vector_path():
+    cfg = NeuronConfig(tau=2.0, detach_reset=True)
+    x, _, w, grad_s, grad_v = inputs(cfg, shape=(4, 8, 64, 1024))
+    ref = run(torch_backend, cfg, x, None, w, grad_s, grad_v)
+    ours = cuda_run(cfg, x, None, w, grad_s, grad_v)
+    assert torch.equal(ours['spikes'], ref['spikes'])
+    assert_grads_close(ours, ref, names=('x',))
+
+
+@pytest.mark.cuda
+def test_cuda_torch_compile_fullgraph():
+    torch.manual_seed(0)
+    model = ConvBNLIF('cupy').cuda()
+    x = torch.randn(2, 3, 3, 8, 8, device='cuda') + 0.5
+    eager = model(x)
+    eager.sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    compiled = torch.compile(model, fullgraph=True)
+    out = compiled(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, eager, rtol=1e-4, atol=1e-5)
+    for p, g in zip(model.parameters(), grads):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.cuda
+def test_cuda_non_default_stream():
+    cfg = NeuronConfig(charge='plif', v_reset=None)
+    x, v0, w, grad_s, grad_v = inputs(cfg, shape=(8, 64, 1024))
+    ref = cuda_run(cfg, x, v0, w, grad_s, grad_v)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        torch.cuda._sleep(50_000_000)      # the side stream's copies land late: a launch elsewhere reads garbage
+        ours = cuda_run(cfg, x, v0, w, grad_s, grad_v)
+    torch.cuda.synchronize()
+    for key in ('spikes', 'v', 'x', 'v0', 'w'):
+        assert torch.equal(ours[key], ref[key]), key
+
+
+@pytest.mark.cuda
+def test_cuda_second_device():
+    if torch.cuda.device_count() < 2:
+        pytest.skip('needs two GPUs')
+    cfg = NeuronConfig(surrogate='atan', alpha=2.0)
+    x, v0, w, grad_s, grad_v = inputs(cfg, shape=(4, 32, 1000))
+    results = []
+    for index in (0, 1):
+        dev = torch.device('cuda', index)
+        with torch.cuda.device(1 - index):                               # the current device is the other one
+            out = run(lambda *a: snn_cuda.neuron_multistep(*a), cfg, x.to(dev), v0.to(dev), w.to(dev),
+                      grad_s.to(dev), grad_v.to(dev))
+        assert out['spikes'].device == dev
+        results.append({k: None if v is None else v.cpu() for k, v in out.items()})
+    for key in ('spikes', 'v', 'x', 'v0'):
+        assert torch.equal(results[0][key], results[1][key]), key
