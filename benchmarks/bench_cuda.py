@@ -194,10 +194,10 @@ def main():
               f"{r['cupy']['peak_bytes_per_elem']:9.2f}")
     import cupy
     versions = dict(torch=torch.__version__, cuda=torch.version.cuda, cupy=cupy.__version__)
+    from importlib.metadata import PackageNotFoundError, version
     try:
-        import spikingjelly
-        versions['spikingjelly'] = getattr(spikingjelly, '__version__', '2.0.0')
-    except ImportError:
+        versions['spikingjelly'] = version('spikingjelly')
+    except PackageNotFoundError:
         pass
     result = dict(
         benchmark='bench_cuda', date=datetime.now(timezone.utc).isoformat(timespec='seconds'),

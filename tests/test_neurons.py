@@ -96,7 +96,7 @@ def test_ms_resnet_neuron_equals_its_own_formula():
     node = LIFNode(tau=4 / 3, decay_input=False, v_threshold=0.5, v_reset=0.0, detach_reset=True,
                    surrogate='rectangle', backend='torch')
     spikes = node(x)
-    mem, spike, expected, grads_ref = 0.0, 0.0, [], []
+    mem, spike, expected = 0.0, 0.0, []
     xd = x.detach()
     for t in range(x.shape[0]):
         mem = 0.25 * mem * (1 - spike) + xd[t]
@@ -211,7 +211,8 @@ def test_low_precision_dtypes_keep_dtype(dtype):
 
 
 def test_import_is_light():
-    code = ("import sys, snnzoo; bad = [m for m in ('hydra', 'wandb', 'cupy', 'omegaconf') if m in sys.modules]; "
+    code = ("import sys, snnzoo, snnzoo.energy; "
+            "bad = [m for m in ('hydra', 'wandb', 'cupy', 'omegaconf', 'matplotlib') if m in sys.modules]; "
             "print(','.join(bad)); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     assert proc.returncode == 0, f"import snnzoo imported {proc.stdout.strip()} {proc.stderr[-500:]}"

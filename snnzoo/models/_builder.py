@@ -1,0 +1,166 @@
+"""Building registered models and loading their published weights with hash checks.
+
+A published weight is a safetensors file named ``<model>.<tag>-<sha256 prefix>.safetensors`` (torch.hub's
+convention: at least 8 hex digits of the file's sha256 after the last ``-``) with a timm-hub ``config.json`` beside it.
+A model's ``pretrained_cfg`` names it in ``file`` and may add ``url`` or ``hf_hub_id``. ``pretrained=True`` looks for the
+file, in order, in ``$SNNZOO_WEIGHTS``, the checkout's ``checkpoints/`` folder, and the cache (``$SNNZOO_CACHE``, default
+``~/.cache/snnzoo``); else downloads it from ``url`` or the Hugging Face hub into the cache (to a temporary name,
+verified, then renamed). A file whose sha256 does not match its name is refused, and removed if it is in the cache.
+"""
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch.nn as nn
+from timm.models import build_model_with_cfg
+
+from ._checkpoint import load_checkpoint
+
+__all__ = ['build_snn_model', 'resolve_pretrained', 'verify_sha256', 'sha256_of', 'weights_search_path']
+
+_HASH = re.compile(r'-([a-f0-9]{8,64})\.safetensors$')
+REPO_CHECKPOINTS = Path(__file__).resolve().parents[2] / 'checkpoints'
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get('SNNZOO_CACHE', Path.home() / '.cache' / 'snnzoo'))
+
+
+def weights_search_path() -> list:
+    dirs = [Path(os.environ['SNNZOO_WEIGHTS'])] if os.environ.get('SNNZOO_WEIGHTS') else []
+    return dirs + [REPO_CHECKPOINTS, cache_dir()]
+
+
+def sha256_of(path) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_sha256(path, expected_prefix: Optional[str] = None, remove_on_mismatch: bool = False) -> str:
+    """Check that the file's sha256 starts with the prefix in its name (or ``expected_prefix``); returns the digest."""
+    path = Path(path)
+    if expected_prefix is None:
+        m = _HASH.search(path.name)
+        if m is None:
+            raise ValueError(f"weight file {path.name!r} carries no sha256 prefix "
+                             f"('<name>-<at least 8 hex digits>.safetensors'); refusing to load unverified weights")
+        expected_prefix = m.group(1)
+    digest = sha256_of(path)
+    if not digest.startswith(expected_prefix):
+        if remove_on_mismatch:
+            path.unlink(missing_ok=True)
+        raise RuntimeError(f"sha256 mismatch for {path}: expected {expected_prefix}..., got {digest}; the file is "
+                           f"corrupt or not the published weight" + (" and was removed from the cache; retry to "
+                                                                    "download it again" if remove_on_mismatch else ""))
+    return digest
+
+
+def _download(url: str, dest: Path) -> None:
+    from urllib.request import urlopen
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + '.', suffix='.part')
+    try:
+        with os.fdopen(fd, 'wb') as f, urlopen(url, timeout=60) as r:
+            for block in iter(lambda: r.read(1 << 20), b''):
+                f.write(block)
+        verify_sha256(tmp, _HASH.search(dest.name).group(1), remove_on_mismatch=True)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def resolve_pretrained(pretrained_cfg: dict, model_name: str = 'model') -> Path:
+    """Local, verified path of the weight file that ``pretrained_cfg`` names (see the module docstring)."""
+    name = pretrained_cfg.get('file')
+    if not name:
+        raise RuntimeError(f"{model_name} has no published weights; snnzoo.list_pretrained() lists those that do")
+    if os.path.isabs(name) and os.path.isfile(name):
+        verify_sha256(name)
+        return Path(name)
+    name = Path(name).name
+    for folder in weights_search_path():
+        candidate = folder / name
+        if candidate.is_file():
+            verify_sha256(candidate, remove_on_mismatch=folder == cache_dir())
+            return candidate
+    dest = cache_dir() / name
+    if pretrained_cfg.get('url'):
+        try:
+            _download(pretrained_cfg['url'], dest)
+            return dest
+        except OSError as e:
+            reason = f"downloading {pretrained_cfg['url']} failed ({e})"
+    elif pretrained_cfg.get('hf_hub_id'):
+        try:
+            from huggingface_hub import hf_hub_download
+            path = Path(hf_hub_download(pretrained_cfg['hf_hub_id'], name, cache_dir=str(cache_dir() / 'hub')))
+            verify_sha256(path, remove_on_mismatch=True)
+            return path
+        except Exception as e:  # offline, missing repo, ... : explain where to put the file
+            reason = f"fetching {name} from the Hugging Face hub {pretrained_cfg['hf_hub_id']!r} failed ({e})"
+    else:
+        reason = 'it has no download location'
+    raise FileNotFoundError(f"pretrained weights for {model_name} not found: {reason}. Put {name} into one of "
+                            f"{[str(d) for d in weights_search_path()]} (or set SNNZOO_WEIGHTS to its folder)")
+
+
+def build_snn_model(model_cls: Callable[..., nn.Module], variant: str, pretrained: bool = False,
+                    pretrained_filter_fn: Optional[Callable] = None, **kwargs) -> nn.Module:
+    """timm's ``build_model_with_cfg`` plus hash-checked loading of snnzoo's published weights.
+
+    With ``pretrained=True`` and a ``num_classes`` other than the weight's, the classifier is left freshly initialised.
+    """
+    model = build_model_with_cfg(model_cls, variant, pretrained=False, pretrained_filter_fn=pretrained_filter_fn,
+                                 **kwargs)
+    if pretrained:
+        cfg = model.pretrained_cfg
+        path = resolve_pretrained(cfg, variant)
+        from safetensors.torch import load_file
+        state_dict = load_file(str(path))
+        classifier = cfg.get('classifier')
+        own = model.state_dict()
+        if classifier and any(k.startswith(classifier + '.') and k in own and own[k].shape != v.shape
+                              for k, v in state_dict.items()):
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith(classifier + '.')}
+            state_dict.update({k: v for k, v in own.items() if k.startswith(classifier + '.')})
+        load_checkpoint(model, state_dict)
+    return model
+
+
+def save_pretrained(model: nn.Module, out_dir, tag: str, model_args: Optional[dict] = None) -> Path:
+    """Write ``model`` as ``<model>.<tag>-<sha256[:16]>.safetensors`` + ``.config.json`` (timm hub fields); returns the
+    weight path. Written to temporary names and renamed, so an interrupted save leaves nothing half-written."""
+    import json
+
+    from safetensors.torch import save_file
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    arch = model.pretrained_cfg.get('architecture') or type(model).__name__.lower()
+    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix='.safetensors.part')
+    os.close(fd)
+    try:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, tmp, metadata={'format': 'pt', 'architecture': arch})
+        digest = sha256_of(tmp)
+        path = out_dir / f"{arch}.{tag}-{digest[:16]}.safetensors"
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    cfg = {k: v for k, v in model.pretrained_cfg.items()
+           if k in ('input_size', 'mean', 'std', 'crop_pct', 'interpolation', 'first_conv', 'classifier', 'license')}
+    config = dict(architecture=arch, num_classes=getattr(model, 'num_classes', None),
+                  num_features=getattr(model, 'num_features', None), model_args=model_args or {},
+                  pretrained_cfg=dict(cfg, tag=tag, file=path.name), sha256=digest)
+    config_path = out_dir / f"{arch}.{tag}.config.json"
+    tmp_cfg = config_path.with_suffix('.json.part')
+    tmp_cfg.write_text(json.dumps(config, indent=2, default=list) + '\n')
+    os.replace(tmp_cfg, config_path)
+    return path
