@@ -58,7 +58,10 @@ def build(impl: str, case: str, num_classes: int):
                          surrogate_function=surrogate.ATan(), detach_reset=True)
     try:
         model = make(T=T, num_classes=num_classes, **sj_kwargs)
-        forward = model
+
+        def forward(x):  # some of SpikingJelly's models return per-step logits [T, B, classes]
+            out = model(x)
+            return out.mean(0) if out.dim() == 3 else out
     except TypeError:  # SpikingJelly's ResNets take no T: run them multi-step on [T, B, C, H, W]
         model = make(num_classes=num_classes, **sj_kwargs)
         functional.set_step_mode(model, 'm')

@@ -3,3 +3,11 @@ from .functional import reset_net, set_backend, set_stateful
 from .neuron import BACKENDS, BaseNode, IFNode, LIFNode, NeuronConfig, ParametricLIFNode, neuron_multistep
 from .surrogate import SURROGATES, spike_fn, surrogate_grad
 from .temporal import MultiStep, to_time_major
+from .attention import SpikingSelfAttention
+from .drop import DropPath
+from .mlp import SpikingMlp
+from .patch_embed import SpikingConvStage, SpikingPatchSplitting, SpikingTokenizer
+from .projection import apply_projection, create_projection
+from .qk_attention import ChannelQKAttention, TokenQKAttention
+from .residual import MSBasicBlock, SEWBasicBlock, SEWBottleneck, sew_connect
+from .sdsa import SpikeDrivenSelfAttention

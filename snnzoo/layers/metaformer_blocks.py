@@ -23,8 +23,7 @@ import torch.nn as nn
 from .drop import DropPath
 from .mlp import SpikingMlp
 from .neuron import LIFNode
-from .sdsa import per_step
-from .temporal import MultiStep
+from .temporal import MultiStep, per_step
 
 __all__ = ['BNAndPad2d', 'RepConv', 'SepConv', 'SpikingConvBlock', 'SpikeDrivenSelfAttentionV2', 'MetaFormerBlock',
            'ConvBNDownsample']

@@ -19,17 +19,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .neuron import LIFNode
+from .temporal import per_step
 
-__all__ = ['SpikeDrivenSelfAttention', 'erode', 'per_step']
-
-
-def per_step(x: torch.Tensor, *layers: nn.Module) -> torch.Tensor:
-    """Apply stateless layers (conv, BN, pool) to ``[T, B, ...]`` through ``[T*B, ...]`` (BN statistics over T*B)."""
-    T, B = x.shape[:2]
-    x = x.flatten(0, 1)
-    for layer in layers:
-        x = layer(x)
-    return x.unflatten(0, (T, B))
+__all__ = ['SpikeDrivenSelfAttention', 'erode']
 
 
 def erode(x: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,16 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-__all__ = ['MultiStep', 'to_time_major']
+__all__ = ['MultiStep', 'per_step', 'to_time_major']
+
+
+def per_step(x: torch.Tensor, *layers: nn.Module) -> torch.Tensor:
+    """Apply stateless layers (conv, BN, pool) to ``[T, B, ...]`` through ``[T*B, ...]`` (BN statistics over T*B)."""
+    T, B = x.shape[:2]
+    x = x.flatten(0, 1)
+    for layer in layers:
+        x = layer(x)
+    return x.unflatten(0, (T, B))
 
 
 class MultiStep(nn.Sequential):
@@ -16,9 +25,7 @@ class MultiStep(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 3:
             raise ValueError(f"MultiStep expects [T, B, ...], got shape {tuple(x.shape)}")
-        T, B = x.shape[:2]
-        y = super().forward(x.flatten(0, 1))
-        return y.unflatten(0, (T, B))
+        return per_step(x, *self)
 
 
 def to_time_major(x: torch.Tensor, T: int, in_chans: int, img_size: Optional[tuple] = None,

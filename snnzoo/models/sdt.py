@@ -22,8 +22,8 @@ from timm.models import generate_default_cfgs
 
 from ..layers.drop import DropPath
 from ..layers.neuron import LIFNode, ParametricLIFNode
-from ..layers.sdsa import SpikeDrivenSelfAttention, per_step
-from ..layers.temporal import to_time_major
+from ..layers.sdsa import SpikeDrivenSelfAttention
+from ..layers.temporal import per_step, to_time_major
 from ._builder import build_snn_model
 from ._registry import register_model
 
