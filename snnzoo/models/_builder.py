@@ -63,13 +63,16 @@ def verify_sha256(path, expected_prefix: Optional[str] = None, remove_on_mismatc
 
 def _download(url: str, dest: Path) -> None:
     from urllib.request import urlopen
+    m = _HASH.search(dest.name)
+    if m is None:
+        raise ValueError(f"weight file {dest.name!r} carries no sha256 prefix; refusing to download unverified weights")
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + '.', suffix='.part')
     try:
         with os.fdopen(fd, 'wb') as f, urlopen(url, timeout=60) as r:
             for block in iter(lambda: r.read(1 << 20), b''):
                 f.write(block)
-        verify_sha256(tmp, _HASH.search(dest.name).group(1), remove_on_mismatch=True)
+        verify_sha256(tmp, m.group(1), remove_on_mismatch=True)
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
@@ -101,10 +104,11 @@ def resolve_pretrained(pretrained_cfg: dict, model_name: str = 'model') -> Path:
         try:
             from huggingface_hub import hf_hub_download
             path = Path(hf_hub_download(pretrained_cfg['hf_hub_id'], name, cache_dir=str(cache_dir() / 'hub')))
-            verify_sha256(path, remove_on_mismatch=True)
-            return path
         except Exception as e:  # offline, missing repo, ... : explain where to put the file
             reason = f"fetching {name} from the Hugging Face hub {pretrained_cfg['hf_hub_id']!r} failed ({e})"
+        else:
+            verify_sha256(path, remove_on_mismatch=True)
+            return path
     else:
         reason = 'it has no download location'
     raise FileNotFoundError(f"pretrained weights for {model_name} not found: {reason}. Put {name} into one of "
@@ -115,7 +119,7 @@ def build_snn_model(model_cls: Callable[..., nn.Module], variant: str, pretraine
                     pretrained_filter_fn: Optional[Callable] = None, **kwargs) -> nn.Module:
     """timm's ``build_model_with_cfg`` plus hash-checked loading of snnzoo's published weights.
 
-    With ``pretrained=True`` and a ``num_classes`` other than the weight's, the classifier is left freshly initialised.
+    With ``pretrained=True`` and a ``num_classes`` other than the weight's (0 included), the classifier is left as built.
     """
     model = build_model_with_cfg(model_cls, variant, pretrained=False, pretrained_filter_fn=pretrained_filter_fn,
                                  **kwargs)
@@ -126,7 +130,7 @@ def build_snn_model(model_cls: Callable[..., nn.Module], variant: str, pretraine
         state_dict = load_file(str(path))
         classifier = cfg.get('classifier')
         own = model.state_dict()
-        if classifier and any(k.startswith(classifier + '.') and k in own and own[k].shape != v.shape
+        if classifier and any(k.startswith(classifier + '.') and (k not in own or own[k].shape != v.shape)
                               for k, v in state_dict.items()):
             state_dict = {k: v for k, v in state_dict.items() if not k.startswith(classifier + '.')}
             state_dict.update({k: v for k, v in own.items() if k.startswith(classifier + '.')})
@@ -149,6 +153,7 @@ def save_pretrained(model: nn.Module, out_dir, tag: str, model_args: Optional[di
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, tmp, metadata={'format': 'pt', 'architecture': arch})
         digest = sha256_of(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would keep a published weight from other users
         path = out_dir / f"{arch}.{tag}-{digest[:16]}.safetensors"
         os.replace(tmp, path)
     finally:

@@ -23,12 +23,13 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.models import generate_default_cfgs
 from timm.models._features import feature_take_indices
 
 from ..layers.neuron import LIFNode
 from ..layers.residual import MSBasicBlock, ms_shortcut
 from ..layers.temporal import to_time_major
+from ._builder import build_snn_model
 from ._registry import register_model
 
 __all__ = ['MSResNet', 'checkpoint_filter_fn']
@@ -243,8 +244,8 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
 
 
 def _create_ms_resnet(variant: str, pretrained: bool = False, **kwargs) -> MSResNet:
-    return build_model_with_cfg(MSResNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-                                feature_cfg=dict(feature_cls='getter'), **kwargs)
+    return build_snn_model(MSResNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                           feature_cfg=dict(feature_cls='getter'), **kwargs)
 
 
 def _cfg(**kwargs) -> dict:

@@ -18,12 +18,13 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs
+from timm.models import generate_default_cfgs
 from timm.models._features import feature_take_indices
 
 from ..layers.neuron import IFNode, ParametricLIFNode
 from ..layers.residual import SEWBasicBlock, SEWBottleneck, check_connect_f, conv_bn, sew_downsample
 from ..layers.temporal import MultiStep, to_time_major
+from ._builder import build_snn_model
 from ._registry import register_model
 
 __all__ = ['SEWResNet', 'SEWResNetDVS', 'checkpoint_filter_fn']
@@ -366,14 +367,14 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
 
 
 def _create_sew_resnet(variant: str, pretrained: bool = False, **kwargs) -> SEWResNet:
-    return build_model_with_cfg(SEWResNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-                                feature_cfg=dict(feature_cls='getter'), **kwargs)
+    return build_snn_model(SEWResNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                           feature_cfg=dict(feature_cls='getter'), **kwargs)
 
 
 def _create_sew_resnet_dvs(variant: str, pretrained: bool = False, **kwargs) -> SEWResNetDVS:
     n_stages = len(kwargs.get('channels', ()))
-    return build_model_with_cfg(SEWResNetDVS, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-                                feature_cfg=dict(feature_cls='getter', out_indices=tuple(range(n_stages))), **kwargs)
+    return build_snn_model(SEWResNetDVS, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                           feature_cfg=dict(feature_cls='getter', out_indices=tuple(range(n_stages))), **kwargs)
 
 
 def _cfg(**kwargs) -> dict:
@@ -387,8 +388,9 @@ def _cfg(**kwargs) -> dict:
 
 
 def _dvs_cfg(**kwargs) -> dict:
-    return _cfg(input_size=(2, 128, 128), pool_size=None, crop_pct=1.0, mean=(0.0, 0.0), std=(1.0, 1.0),
-                first_conv='stages.0.proj.0.0', fixed_input_size=True, **kwargs)
+    cfg = dict(input_size=(2, 128, 128), pool_size=None, crop_pct=1.0, mean=(0.0, 0.0), std=(1.0, 1.0),
+               first_conv='stages.0.proj.0.0', fixed_input_size=True)
+    return _cfg(**dict(cfg, **kwargs))
 
 
 default_cfgs = generate_default_cfgs({
@@ -399,6 +401,10 @@ default_cfgs = generate_default_cfgs({
     'sew_resnet152': _cfg(),
     'sew_resnet_gesture': _dvs_cfg(num_classes=11),
     'sew_resnet_cifar10dvs': _dvs_cfg(num_classes=10),
+    'sew_resnet_fmnist': _dvs_cfg(num_classes=10, input_size=(1, 28, 28), mean=(0.286,), std=(0.353,),
+                                  file='sew_resnet_fmnist.fashion_mnist-3c1fdc80838ad91c.safetensors'),
+    'sew_resnet_nmnist': _dvs_cfg(num_classes=10, input_size=(2, 34, 34),
+                                  file='sew_resnet_nmnist.nmnist-0a8c0e48479d521d.safetensors'),
 })
 
 
@@ -449,3 +455,17 @@ def sew_resnet_cifar10dvs(pretrained: bool = False, **kwargs) -> SEWResNetDVS:
     """The SEW-ResNet of the paper's CIFAR10-DVS experiments: 4 stages of 64 and 3 of 128 channels, T=16, 10 classes."""
     model_args = dict(channels=(64,) * 4 + (128,) * 3)
     return _create_sew_resnet_dvs('sew_resnet_cifar10dvs', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def sew_resnet_fmnist(pretrained: bool = False, **kwargs) -> SEWResNetDVS:
+    """The Fashion-MNIST recipe's SEW-ResNet (``experiment=fashion_mnist``): stages of 16 and 32 channels, T=2, ADD."""
+    model_args = dict(channels=(16, 32), num_classes=10, T=2, in_chans=1, img_size=28, connect_f='ADD')
+    return _create_sew_resnet_dvs('sew_resnet_fmnist', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def sew_resnet_nmnist(pretrained: bool = False, **kwargs) -> SEWResNetDVS:
+    """The N-MNIST recipe's SEW-ResNet (``experiment=nmnist``): 8 event frames [T, 2, 34, 34], stages of 16 and 32."""
+    model_args = dict(channels=(16, 32), num_classes=10, T=8, in_chans=2, img_size=34, connect_f='ADD')
+    return _create_sew_resnet_dvs('sew_resnet_nmnist', pretrained, **dict(model_args, **kwargs))

@@ -243,7 +243,7 @@ default_cfgs = generate_default_cfgs({
     'spikformer_2_256_dvs': _cfg(**_DVS),
     'spikformer_cml_4_384_cifar': _cfg(**_CIFAR, **_CML),
     'spikformer_1_64_digits': _cfg(num_classes=10, input_size=(1, 8, 8), mean=(0.0,), std=(1.0,),
-                                   file='spikformer_1_64_digits.digits-PLACEHOLDER.safetensors'),
+                                   file='spikformer_1_64_digits.digits-2e8ea8e55045e51d.safetensors'),
 })
 
 # the original ImageNet, CIFAR and CIFAR10-DVS files, as keyword sets
