@@ -18,19 +18,19 @@ are named ``layer1..4`` (:func:`checkpoint_filter_fn` maps the original keys).
 """
 import re
 from functools import partial
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs
-from timm.models._features import feature_take_indices
 
 from ..layers.neuron import LIFNode
 from ..layers.residual import MSBasicBlock, ms_shortcut
 from ..layers.temporal import to_time_major
 from ._builder import build_snn_model
 from ._registry import register_model
+from ._resnet_base import SpikingResNetBase
 
 __all__ = ['MSResNet', 'checkpoint_filter_fn']
 
@@ -64,12 +64,7 @@ def _ms_neuron(backend: str, fp32_spike_grad: bool) -> LIFNode:
     return node
 
 
-def _select(x: torch.Tensor, return_per_step: bool) -> torch.Tensor:
-    """A per-step feature map ``[T, B, C, H, W]`` as a timm intermediate: its mean over T ``[B, C, H, W]``."""
-    return x if return_per_step else x.mean(0)
-
-
-class MSResNet(nn.Module):
+class MSResNet(SpikingResNetBase):
     """MS-ResNet for static images.
 
     - stem ``'7x7'`` (ResNet-18/34): conv7x7/2 (no bias) -> BN; stem ``'deep'`` (ResNet-104): three conv3x3 with bias
@@ -136,9 +131,6 @@ class MSResNet(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
 
-    def _stages(self) -> List[nn.Module]:
-        return [self.layer1, self.layer2, self.layer3, self.layer4]
-
     def _check_size(self, x: torch.Tensor) -> None:
         if not self.avg_down:
             return
@@ -168,54 +160,6 @@ class MSResNet(nn.Module):
             x = stage(x)
         return self.final_sn(x)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False, return_per_step: bool = False) -> torch.Tensor:
-        """``[T, B, C, H, W]`` -> logits ``[B, num_classes]`` (``[T, B, num_classes]`` with ``return_per_step``);
-        ``pre_logits``: the pooled features instead."""
-        x = x.mean((-2, -1))
-        if not return_per_step:
-            x = x.mean(0)
-        x = self.head_drop(x)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor, return_per_step: bool = False) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x), return_per_step=return_per_step)
-
-    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
-                              norm: bool = False, stop_early: bool = False, output_fmt: str = 'NCHW',
-                              intermediates_only: bool = False, return_per_step: bool = False):
-        """timm's feature API. Features 0..4: the stem's normalised output (stride 2) and the four stages' membrane
-        outputs (strides 4..32), each as its mean over T ``[B, C, H, W]``, or ``[T, B, C, H, W]`` with
-        ``return_per_step``. The final output (second return value) is the last stage's, before the head's LIF."""
-        if output_fmt != 'NCHW':
-            raise ValueError(f"MSResNet produces NCHW feature maps only, got output_fmt={output_fmt!r}")
-        take_indices, max_index = feature_take_indices(5, indices)
-        x = self._stem(x)
-        intermediates = [_select(x, return_per_step)] if 0 in take_indices else []
-        stages = self._stages()[:max_index] if stop_early else self._stages()
-        for i, stage in enumerate(stages, start=1):
-            x = stage(x)
-            if i in take_indices:
-                intermediates.append(_select(x, return_per_step))
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
-
-    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> List[int]:
-        """Drop the stages after the last wanted feature (and the classifier); returns the absolute indices."""
-        take_indices, max_index = feature_take_indices(5, indices)
-        for i in range(max_index + 1, 5):
-            setattr(self, f'layer{i}', nn.Identity())
-        if prune_head:
-            self.reset_classifier(0)
-        return take_indices
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
 _KEY_RULES = (

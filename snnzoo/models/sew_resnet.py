@@ -26,6 +26,7 @@ from ..layers.residual import SEWBasicBlock, SEWBottleneck, check_connect_f, con
 from ..layers.temporal import MultiStep, to_time_major
 from ._builder import build_snn_model
 from ._registry import register_model
+from ._resnet_base import SpikingResNetBase, _select
 
 __all__ = ['SEWResNet', 'SEWResNetDVS', 'checkpoint_filter_fn']
 
@@ -43,12 +44,7 @@ def _check_layers(layers: Sequence[int], n: int, name: str) -> Tuple[int, ...]:
     return layers
 
 
-def _select(x: torch.Tensor, return_per_step: bool) -> torch.Tensor:
-    """A per-step feature map ``[T, B, C, H, W]`` as a timm intermediate: its mean over T ``[B, C, H, W]``."""
-    return x if return_per_step else x.mean(0)
-
-
-class SEWResNet(nn.Module):
+class SEWResNet(SpikingResNetBase):
     """SEW-ResNet for static images (ImageNet layout).
 
     - stem: conv7x7/2 -> BN on the image ONCE, repeated T times (event frames ``[B, T, C, H, W]``: per step) ->
@@ -126,9 +122,6 @@ class SEWResNet(nn.Module):
                     if self.connect_f == 'AND':
                         nn.init.ones_(m.last_bn().bias)
 
-    def _stages(self) -> List[nn.Module]:
-        return [self.layer1, self.layer2, self.layer3, self.layer4]
-
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         """Input -> stem spikes ``[T, B, 64, H/2, W/2]`` (before the max-pool)."""
         static = torch.is_tensor(x) and x.dim() == 4
@@ -146,54 +139,8 @@ class SEWResNet(nn.Module):
             x = stage(x)
         return x
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False, return_per_step: bool = False) -> torch.Tensor:
-        """``[T, B, C, H, W]`` -> logits ``[B, num_classes]`` (``[T, B, num_classes]`` with ``return_per_step``);
-        ``pre_logits``: the pooled features instead."""
-        x = x.mean((-2, -1))
-        if not return_per_step:
-            x = x.mean(0)
-        x = self.head_drop(x)
-        return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor, return_per_step: bool = False) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x), return_per_step=return_per_step)
-
-    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
-                              norm: bool = False, stop_early: bool = False, output_fmt: str = 'NCHW',
-                              intermediates_only: bool = False, return_per_step: bool = False):
-        """timm's feature API. Features 0..4: stem spikes (stride 2) and the four stages (strides 4..32), each as its
-        mean over T ``[B, C, H, W]``, or per step ``[T, B, C, H, W]`` with ``return_per_step``."""
-        if output_fmt != 'NCHW':
-            raise ValueError(f"SEWResNet produces NCHW feature maps only, got output_fmt={output_fmt!r}")
-        take_indices, max_index = feature_take_indices(5, indices)
-        x = self._stem(x)
-        intermediates = [_select(x, return_per_step)] if 0 in take_indices else []
-        x = self.maxpool(x)
-        stages = self._stages()[:max_index] if stop_early else self._stages()
-        for i, stage in enumerate(stages, start=1):
-            x = stage(x)
-            if i in take_indices:
-                intermediates.append(_select(x, return_per_step))
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
-
-    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> List[int]:
-        """Drop the stages after the last wanted feature (and the classifier); returns the absolute indices."""
-        take_indices, max_index = feature_take_indices(5, indices)
-        for i in range(max_index + 1, 5):
-            setattr(self, f'layer{i}', nn.Identity())
-        if prune_head:
-            self.reset_classifier(0)
-        return take_indices
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+    def _post_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maxpool(x)
 
 
 class _PLIFNode(ParametricLIFNode):

@@ -1,0 +1,74 @@
+"""The timm model protocol shared by the spiking ResNets (SEW-ResNet, MS-ResNet): four stages ``layer1..4`` on the
+per-step stream ``[T, B, C, H, W]``, a stem, and a linear classifier ``fc`` on features averaged over space and T."""
+from typing import List, Optional, Union
+
+import torch
+import torch.nn as nn
+from timm.models._features import feature_take_indices
+
+__all__ = ['SpikingResNetBase']
+
+
+def _select(x: torch.Tensor, return_per_step: bool) -> torch.Tensor:
+    """A per-step feature map ``[T, B, C, H, W]`` as a timm intermediate: its mean over T ``[B, C, H, W]``."""
+    return x if return_per_step else x.mean(0)
+
+
+class SpikingResNetBase(nn.Module):
+    """Subclasses define ``_stem(x)`` (input -> ``[T, B, C, H/2, W/2]``), ``layer1..4``, ``fc``, ``head_drop``,
+    ``num_features``, and may override ``_post_stem`` (e.g. a max-pool)."""
+
+    def _stages(self) -> List[nn.Module]:
+        return [self.layer1, self.layer2, self.layer3, self.layer4]
+
+    def _post_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False, return_per_step: bool = False) -> torch.Tensor:
+        """``[T, B, C, H, W]`` -> logits ``[B, num_classes]`` (``[T, B, num_classes]`` with ``return_per_step``);
+        ``pre_logits``: the pooled features instead."""
+        x = x.mean((-2, -1))
+        if not return_per_step:
+            x = x.mean(0)
+        x = self.head_drop(x)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor, return_per_step: bool = False) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x), return_per_step=return_per_step)
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = 'NCHW',
+                              intermediates_only: bool = False, return_per_step: bool = False):
+        """timm's feature API. Features 0..4: the stem's output (stride 2) and the four stages' outputs (strides
+        4..32), each as its mean over T ``[B, C, H, W]``, or per step ``[T, B, C, H, W]`` with ``return_per_step``."""
+        if output_fmt != 'NCHW':
+            raise ValueError(f"{type(self).__name__} produces NCHW feature maps only, got output_fmt={output_fmt!r}")
+        take_indices, max_index = feature_take_indices(5, indices)
+        x = self._stem(x)
+        intermediates = [_select(x, return_per_step)] if 0 in take_indices else []
+        x = self._post_stem(x)
+        stages = self._stages()[:max_index] if stop_early else self._stages()
+        for i, stage in enumerate(stages, start=1):
+            x = stage(x)
+            if i in take_indices:
+                intermediates.append(_select(x, return_per_step))
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop the stages after the last wanted feature (and the classifier); returns the absolute indices."""
+        take_indices, max_index = feature_take_indices(5, indices)
+        for i in range(max_index + 1, 5):
+            setattr(self, f'layer{i}', nn.Identity())
+        if prune_head:
+            self.reset_classifier(0)
+        return take_indices
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
