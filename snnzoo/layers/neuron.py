@@ -75,6 +75,20 @@ def _charge(cfg: NeuronConfig, x: torch.Tensor, v: torch.Tensor, k, tau, out: to
         out.add_(x)
 
 
+def _charge_from_rest(cfg: NeuronConfig, x: torch.Tensor, k, tau, out: torch.Tensor) -> None:
+    """out = H[1] from X[1] and the resting V[0] = V_reset (0 for soft reset), without materialising V[0].
+
+    With V[0] = V_reset the charge terms (V[0] - V_reset) vanish exactly, so H[1] = V_reset + X[1] / tau (decay_input)
+    or V_reset + X[1]: the same bits as :func:`_charge` on a V_reset-filled V[0].
+    """
+    if cfg.charge != 'if' and cfg.decay_input:
+        torch.div(x, tau, out=out) if k is None else torch.mul(x, k, out=out)
+    else:
+        out.copy_(x)
+    if cfg.v_reset:
+        out.add_(cfg.v_reset)
+
+
 def _fire_and_reset(cfg: NeuronConfig, h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> None:
     """s = (H >= V_th); v = reset(H, s). Float-mask arithmetic, exact for s in {0, 1}."""
     torch.ge(h, cfg.v_threshold, out=s)
@@ -98,12 +112,14 @@ class _MultiStepNeuron(torch.autograd.Function):
         h_seq = torch.empty_like(x, memory_format=torch.contiguous_format)
         s_seq = torch.empty_like(h_seq)
         tau = torch.tensor(cfg.tau, dtype=x.dtype, device=x.device) if k is None else None
-        v = torch.full_like(h_seq[0], 0.0 if cfg.v_reset is None else cfg.v_reset)
-        v_in = v if v0 is None else v0
+        v = torch.empty_like(h_seq[0])
         for t in range(x.shape[0]):
-            _charge(cfg, x[t], v_in, k, tau, out=h_seq[t])
+            if t == 0 and v0 is None:
+                _charge_from_rest(cfg, x[0], k, tau, out=h_seq[0])
+            else:
+                _charge(cfg, x[t], v0 if t == 0 else v, k, tau, out=h_seq[t])
             _fire_and_reset(cfg, h_seq[t], s_seq[t], v)
-            v_in = v
+        ctx.set_materialize_grads(False)
         ctx.cfg = cfg
         ctx.save_for_backward(h_seq, v0, k)
         return s_seq, v
@@ -149,8 +165,10 @@ class _MultiStepNeuron(torch.autograd.Function):
                 grad_x[t].copy_(gh)
                 carry, gh = gh, carry
                 continue
-            decay_grad = torch.div(gh, cfg.tau, out=tmp) if k is None else torch.mul(gh, k, out=tmp)
-            grad_x[t].copy_(decay_grad if cfg.decay_input else gh)
+            decay_grad = grad_x[t] if cfg.decay_input else tmp     # dH/dX = 1/tau (decay_input) or 1
+            torch.div(gh, cfg.tau, out=decay_grad) if k is None else torch.mul(gh, k, out=decay_grad)
+            if not cfg.decay_input:
+                grad_x[t].copy_(gh)
             torch.sub(gh, decay_grad, out=carry)                   # dH/dV[t-1] = 1 - 1/tau
         grad_v0 = carry if v0 is not None else None
         return grad_x, grad_v0, (grad_k.to(k.dtype) if k is not None else None), None
