@@ -130,11 +130,14 @@ class _MultiStepNeuron(torch.autograd.Function):
         h_seq, v0, k = ctx.saved_tensors
         th, r = cfg.v_threshold, cfg.v_reset
         grad_x = torch.empty_like(h_seq)
-        sg, gh, tmp = (torch.empty_like(h_seq[0]) for _ in range(3))
-        carry = None if grad_v is None else grad_v.clone(memory_format=torch.contiguous_format)  # dL/dV[t]
+        sg, tmp, gh_buf, carry_buf = (torch.empty_like(h_seq[0]) for _ in range(4))
+        # dL/dH[t] is built in grad_x[t] itself where dH/dX = 1 (IF, decay_input=False), else in gh_buf
+        direct = cfg.charge == 'if' or not cfg.decay_input
+        carry = grad_v  # dL/dV[t] from later steps (read-only), None when nothing flows in
         grad_k = torch.zeros((), dtype=torch.float64) if k is not None else None
         for t in range(h_seq.shape[0] - 1, -1, -1):
             h = h_seq[t]
+            gh = grad_x[t] if direct else gh_buf
             torch.sub(h, th, out=sg)
             surrogate_grad_(cfg.surrogate, sg, cfg.alpha)
             if grad_s is None:
@@ -145,13 +148,12 @@ class _MultiStepNeuron(torch.autograd.Function):
                 if r is None:                                      # dV/dH = 1 - V_th sg
                     if not cfg.detach_reset:
                         gh.addcmul_(carry, sg, value=-th)
+                    gh.add_(carry)
                 else:                                              # dV/dH = (1 - S) + (V_reset - H) sg
                     if not cfg.detach_reset:
                         torch.sub(h, r, out=tmp).mul_(sg)
                         gh.addcmul_(carry, tmp, value=-1.0)
-                    torch.ge(h, th, out=tmp)
-                    carry.addcmul_(carry, tmp, value=-1.0)
-                gh.add_(carry)
+                    gh.addcmul_(carry, torch.lt(h, th, out=tmp))
             if k is not None:                                      # dL/dk += sum(gh dH/dk)
                 _previous_v(cfg, h_seq, t, v0, out=tmp)
                 if cfg.decay_input:                                # dH/dk = X - (V[t-1] - V_reset) = (H - V[t-1]) / k
@@ -159,18 +161,13 @@ class _MultiStepNeuron(torch.autograd.Function):
                 else:                                              # dH/dk = -(V[t-1] - V_reset)
                     tmp.sub_(r or 0.0).neg_()
                 grad_k += torch.sum(tmp.mul_(gh), dtype=torch.float64)
-            if carry is None:
-                carry = torch.empty_like(gh)
             if cfg.charge == 'if':                                 # dH/dX = dH/dV[t-1] = 1
-                grad_x[t].copy_(gh)
-                carry, gh = gh, carry
+                carry = gh
                 continue
-            decay_grad = grad_x[t] if cfg.decay_input else tmp     # dH/dX = 1/tau (decay_input) or 1
+            decay_grad = tmp if direct else grad_x[t]              # gh / tau; dH/dX = 1/tau with decay_input
             torch.div(gh, cfg.tau, out=decay_grad) if k is None else torch.mul(gh, k, out=decay_grad)
-            if not cfg.decay_input:
-                grad_x[t].copy_(gh)
-            torch.sub(gh, decay_grad, out=carry)                   # dH/dV[t-1] = 1 - 1/tau
-        grad_v0 = carry if v0 is not None else None
+            carry = torch.sub(gh, decay_grad, out=carry_buf)       # dH/dV[t-1] = 1 - 1/tau
+        grad_v0 = None if v0 is None or carry is None else carry.clone()
         return grad_x, grad_v0, (grad_k.to(k.dtype) if k is not None else None), None
 
 
