@@ -15,8 +15,9 @@ def _select(x: torch.Tensor, return_per_step: bool) -> torch.Tensor:
 
 
 class SpikingResNetBase(nn.Module):
-    """Subclasses define ``_stem(x)`` (input -> ``[T, B, C, H/2, W/2]``), ``layer1..4``, ``fc``, ``head_drop``,
-    ``num_features``, and may override ``_post_stem`` (e.g. a max-pool)."""
+    """Subclasses define ``forward_features``, ``fc``, ``head_drop``, ``num_features`` and, for the feature API,
+    ``_stem(x)`` (input -> ``[T, B, C, H/2, W/2]``) and ``layer1..4``, and may override ``_post_stem`` (e.g. a
+    max-pool); networks of another shape (the DVS nets) override the feature API and the head."""
 
     def _stages(self) -> List[nn.Module]:
         return [self.layer1, self.layer2, self.layer3, self.layer4]

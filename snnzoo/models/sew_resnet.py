@@ -169,7 +169,7 @@ class _DVSStage(nn.Module):
         return self.pool(self.blocks(self.proj(x)))
 
 
-class SEWResNetDVS(nn.Module):
+class SEWResNetDVS(SpikingResNetBase):
     """The SEW networks for 128x128 event frames (DVS128 Gesture, CIFAR10-DVS) of the original ``smodels.py``.
 
     Stages (``channels`` / ``layers``): when the width changes a conv1x1 -> BN -> PLIF unit, then SEW basic blocks
@@ -238,9 +238,6 @@ class SEWResNetDVS(nn.Module):
         x = self.head_drop(x)
         return x if pre_logits else self.fc(x)
 
-    def forward(self, x: torch.Tensor, return_per_step: bool = False) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x), return_per_step=return_per_step)
-
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
                               norm: bool = False, stop_early: bool = False, output_fmt: str = 'NCHW',
                               intermediates_only: bool = False, return_per_step: bool = False):
@@ -267,13 +264,6 @@ class SEWResNetDVS(nn.Module):
         if prune_head:
             self.reset_classifier(0)
         return take_indices
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 
 def _dvs_key_map(model: SEWResNetDVS) -> dict:
