@@ -3,6 +3,8 @@ and missing files, accuracy re-measured with snnzoo-eval's evaluation on the rea
 of an original-format checkpoint built from a reference fixture."""
 import json
 import shutil
+import subprocess
+import sys
 import tarfile
 
 import pytest
@@ -140,3 +142,13 @@ def test_new_classifier_keeps_backbone(num_classes):
                 if not k.startswith(classifier + '.')}
     assert all(torch.equal(state[k], v) for k, v in backbone.items())
     assert model.num_classes == num_classes
+
+
+def test_snnzoo_eval_takes_a_published_weight_file(tmp_path):
+    """The CLI on a checkpoints/ file (digits needs no shared data) prints the manifest's accuracy."""
+    entry = next(w for w in MANIFEST if w['model'] == 'spikformer_1_64_digits')
+    code = 'import sys; from snnzoo.train.cli import evaluate; sys.argv[0] = "snnzoo-eval"; evaluate()'
+    proc = subprocess.run([sys.executable, '-c', code, f"checkpoint={CHECKPOINTS / entry['file']}", 'data=digits',
+                           f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    assert f"test accuracy {100 * entry['test_acc']:.2f}%" in proc.stdout + proc.stderr

@@ -10,6 +10,7 @@ the composed config. It is read back with ``weights_only=True``: only tensors an
 import json
 import os
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -151,18 +152,23 @@ def export_model(model: nn.Module, out_dir: Union[str, os.PathLike], model_cfg: 
 
 
 def load_exported(path: Union[str, os.PathLike], **model_overrides) -> tuple:
-    """Rebuild a model exported by :func:`export_model` from its folder (or its .safetensors file).
+    """Rebuild a model exported by :func:`export_model` from its folder (or its .safetensors file), or a published
+    weight of ``checkpoints/`` (``<arch>.<tag>-<sha256>.safetensors`` beside ``<arch>.<tag>.config.json``).
 
     Returns ``(model, config)``; ``model_overrides`` (e.g. ``backend='torch'``) go to the constructor.
     """
     import hydra.utils
-    import snnzoo
     from safetensors import SafetensorError
+
+    import snnzoo
 
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     weights = path if path.is_file() else folder / WEIGHTS_NAME
     config_path = folder / CONFIG_NAME
+    published = re.match(r'(.+)-[0-9a-f]{8,64}\.safetensors$', path.name)
+    if path.is_file() and published:  # a published weight: <arch>.<tag>-<sha256>.safetensors + <arch>.<tag>.config.json
+        config_path = folder / f"{published.group(1)}.config.json"
     for p, what in ((weights, 'weights'), (config_path, 'config')):
         if not p.is_file():
             raise CheckpointError(f"no {what} file {str(p)!r}: an exported checkpoint is a folder with "
