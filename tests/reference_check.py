@@ -1,6 +1,6 @@
 """Checking a model against a reference fixture of ``shared/reference/fixtures`` (see the README there).
 
-Used by the tests of the families whose fixtures store per-parameter gradients (SDT v1, Meta-SpikeFormer).
+Used by the tests of the Transformer families; :func:`check_spec` checks a paper configuration of ``specs/``.
 """
 import torch
 
@@ -55,3 +55,19 @@ def check_fixture(fx: dict, atol: float = 1e-6, rtol: float = 1e-6) -> None:
             assert abs(value - expected) <= rtol * abs(expected) + 1e-12, (name, value, expected)
         if name in full:
             assert (grad - full[name]).abs().max() < atol, name
+
+
+def check_spec(spec: dict) -> None:
+    """A paper configuration: snnzoo's parameter count is the original's minus exactly its never-used parameters, the
+    checkpoint filter drops exactly those by name, and every other original key maps onto snnzoo's state_dict with its
+    own shape. The model is built on the meta device."""
+    with torch.device('meta'):
+        model = snnzoo.create_model(spec['snnzoo']['name'], **spec['snnzoo']['kwargs'])
+        original = {e['name']: torch.empty(e['shape']) for e in spec['state_dict']}
+    numel = {e['name']: e['numel'] for e in spec['state_dict']}
+    unused = sum(numel[k] for k in spec['params_without_grad'])
+    assert sum(p.numel() for p in model.parameters()) == spec['total_params'] - unused
+    assert set(original) - set(spec['params_without_grad']) == {k for k in original if filter_checkpoint({k: 0}, model)}
+    mapped, own = filter_checkpoint(original, model), model.state_dict()
+    assert sorted(mapped) == sorted(own)
+    assert all(mapped[k].shape == own[k].shape for k in own)

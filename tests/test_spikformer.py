@@ -6,12 +6,11 @@ import json
 import pytest
 import timm
 import torch
+from reference_check import check_fixture, check_spec, fixture_model
 
 import snnzoo
-from reference_check import check_fixture, fixture_model
 from snnzoo.layers.attention import SpikingSelfAttention
 from snnzoo.layers.patch_embed import SpikingPatchSplitting
-from snnzoo.models._checkpoint import filter_checkpoint
 from snnzoo.models.spikformer import Spikformer
 
 NAMES = ('spikformer_8_384', 'spikformer_6_512', 'spikformer_8_512', 'spikformer_10_512', 'spikformer_8_768',
@@ -49,18 +48,7 @@ def test_fixture_reproduced(load_fixture, name):
 def test_spec_parameter_count_and_keys(reference_dir, config):
     """Paper configurations: the original's count minus exactly its never-used parameters; every original key maps
     onto snnzoo's state_dict with its own shape."""
-    spec = json.loads((reference_dir / 'specs' / f'{config}.json').read_text())
-    with torch.device('meta'):
-        model = snnzoo.create_model(spec['snnzoo']['name'], **spec['snnzoo']['kwargs'])
-        original = {e['name']: torch.empty(e['shape']) for e in spec['state_dict']}
-    numel = {e['name']: e['numel'] for e in spec['state_dict']}
-    unused = sum(numel[k] for k in spec['params_without_grad'])
-    assert sum(p.numel() for p in model.parameters()) == spec['total_params'] - unused
-    mapped = filter_checkpoint(original, model)
-    assert set(original) - set(spec['params_without_grad']) == {k for k in original if filter_checkpoint({k: 0}, model)}
-    own = model.state_dict()
-    assert sorted(mapped) == sorted(own)
-    assert all(mapped[k].shape == own[k].shape for k in own)
+    check_spec(json.loads((reference_dir / 'specs' / f'{config}.json').read_text()))
 
 
 def test_registered_with_timm():
