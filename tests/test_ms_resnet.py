@@ -1,13 +1,14 @@
 """MS-ResNet: the original's fixtures and parameter counts, its neuron recomputed from the original's formula, the timm
 protocol, input layouts, errors and original-checkpoint loading."""
+import json
+
 import pytest
 import timm
 import torch
+from reference_check import check_fixture, check_spec
 
 import snnzoo
 from snnzoo.models.ms_resnet import MSResNet, _ms_neuron
-
-from _resnet_fixtures import check_fixture, load_fixture, spec_param_count
 
 FIXTURES = ['ms_resnet18_l1111_T2_64.pt', 'ms_resnet104_l1111_T2_64.pt']
 SPECS = ['imagenet_resnet18', 'imagenet_resnet34', 'imagenet_resnet104']
@@ -24,15 +25,13 @@ def fixture_dir(reference_dir):
 
 @pytest.mark.parametrize('name', FIXTURES)
 def test_reproduces_original_fixture(fixture_dir, name):
-    check_fixture(load_fixture(fixture_dir / name))
+    check_fixture(torch.load(fixture_dir / name, weights_only=True))
 
 
 @pytest.mark.parametrize('config', SPECS)
 def test_param_count_and_keys_at_paper_config(reference_dir, config):
-    count, expected, problems = spec_param_count(reference_dir / 'specs' / 'ms_resnet' / f'{config}.json')
-    assert count == expected
-    assert not problems, f"original keys that do not map onto snnzoo's: {problems[:10]}"
-
+    check_spec(json.loads((reference_dir / "specs" / "ms_resnet" / f"{config}.json").read_text()))
+    check_spec(json.loads((reference_dir / 'specs' / 'ms_resnet' / f'{config}.json').read_text()))
 
 class _OriginalSpike(torch.autograd.Function):
     """The original's ActFun: float32 spikes (u > 0.5), gradient 1 where |u - 0.5| < 0.5."""
@@ -143,7 +142,7 @@ def test_clear_errors():
 
 def test_loads_original_checkpoint_file(fixture_dir, tmp_path):
     """The original saves the DDP model's state_dict (keys prefixed 'module.')."""
-    fx = load_fixture(fixture_dir / 'ms_resnet18_l1111_T2_64.pt')
+    fx = torch.load(fixture_dir / 'ms_resnet18_l1111_T2_64.pt', weights_only=True)
     path = tmp_path / 'resnet18.pth'
     torch.save({'module.' + k: v for k, v in fx['state_dict'].items()}, path)
     meta = fx['meta']['snnzoo']
