@@ -30,8 +30,8 @@ def test_reproduces_original_fixture(fixture_dir, name):
 
 @pytest.mark.parametrize('config', SPECS)
 def test_param_count_and_keys_at_paper_config(reference_dir, config):
-    check_spec(json.loads((reference_dir / "specs" / "ms_resnet" / f"{config}.json").read_text()))
     check_spec(json.loads((reference_dir / 'specs' / 'ms_resnet' / f'{config}.json').read_text()))
+
 
 class _OriginalSpike(torch.autograd.Function):
     """The original's ActFun: float32 spikes (u > 0.5), gradient 1 where |u - 0.5| < 0.5."""
