@@ -2,13 +2,21 @@
 
 Each case pairs an snnzoo model with SpikingJelly's model of the same configuration. One training step is forward +
 cross-entropy + backward + SGD step on a random batch; SpikingJelly's models also need ``reset_net`` after every step.
-Every (case, implementation) runs in its own subprocess: time is the median over steps after warm-up, peak memory the
-growth of the process's maximum resident set over its state before the first step. Prints a table and writes JSON to
-``benchmarks/results/bench_models_cpu.json``.
 
-    python benchmarks/bench_models.py [--cases spikformer sew_resnet18] [--steps 5] [--batch 4]
+- Time: one process per case builds both models and runs their steps alternately (snnzoo, SpikingJelly, snnzoo, ...),
+  so drifts of a shared machine hit both alike; the figure is the median step after warm-up. The same process also
+  times a *neuron-free ceiling*: the snnzoo model with every neuron replaced by a bare threshold ``x >= V_th`` (one op,
+  identity gradient). Its ratio to SpikingJelly is the best any neuron implementation could reach with the same
+  convolutions, BatchNorms and pooling.
+- Peak memory: one process per (case, implementation), the growth of the maximum resident set over its state before
+  the first step.
+
+Prints a table and writes JSON to ``benchmarks/results/bench_models_cpu.json``.
+
+    python benchmarks/bench_models.py [--cases spikformer_4_384_cifar sew_resnet18@224] [--steps 12]
 """
 import argparse
+import copy
 import json
 import os
 import platform
@@ -22,18 +30,24 @@ from pathlib import Path
 
 import torch
 
-# name -> (snnzoo model + kwargs, SpikingJelly constructor path + kwargs, input shape [C, H, W], T)
+# name -> (snnzoo model + kwargs, SpikingJelly constructor + kwargs, input [C, H, W], T, batch)
 CASES = {
     'spikformer_4_384_cifar': (('spikformer_4_384_cifar', {}),
-                               ('spikformer:spikformer_cifar10', {}), (3, 32, 32), 4),
+                               ('spikformer:spikformer_cifar10', {}), (3, 32, 32), 4, 4),
     'sdt_8_384@64': (('sdt_8_384', dict(img_size=64)),
-                     ('spike_driven_transformer:sdt_8_384', {}), (3, 64, 64), 4),
+                     ('spike_driven_transformer:sdt_8_384', {}), (3, 64, 64), 4, 4),
+    'sdt_8_384@224': (('sdt_8_384', {}), ('spike_driven_transformer:sdt_8_384', {}), (3, 224, 224), 4, 2),
     'qkformer_10_384@64': (('qkformer_10_384', dict(img_size=64)),
-                           ('qkformer:qkformer_10_384', {}), (3, 64, 64), 4),
+                           ('qkformer:qkformer_10_384', {}), (3, 64, 64), 4, 4),
+    'qkformer_10_384@224': (('qkformer_10_384', {}), ('qkformer:qkformer_10_384', {}), (3, 224, 224), 4, 2),
     'sew_resnet18@64': (('sew_resnet18', dict(connect_f='ADD')),
-                        ('sew_resnet:sew_resnet18', dict(cnf='ADD', neuron='IFNode')), (3, 64, 64), 4),
-    'ms_resnet18@64': (('ms_resnet18', {}), ('ms_resnet:ms_resnet18', {}), (3, 64, 64), 4),
+                        ('sew_resnet:sew_resnet18', dict(cnf='ADD', neuron='IFNode')), (3, 64, 64), 4, 4),
+    'sew_resnet18@224': (('sew_resnet18', dict(connect_f='ADD')),
+                         ('sew_resnet:sew_resnet18', dict(cnf='ADD', neuron='IFNode')), (3, 224, 224), 4, 2),
+    'ms_resnet18@64': (('ms_resnet18', {}), ('ms_resnet:ms_resnet18', {}), (3, 64, 64), 4, 4),
+    'ms_resnet18@224': (('ms_resnet18', {}), ('ms_resnet:ms_resnet18', {}), (3, 224, 224), 4, 2),
 }
+IMPLS = ('snnzoo', 'spikingjelly')
 
 
 def rss_bytes() -> int:
@@ -42,11 +56,12 @@ def rss_bytes() -> int:
 
 
 def build(impl: str, case: str, num_classes: int):
-    (zoo_name, zoo_kwargs), (sj_path, sj_kwargs), shape, T = CASES[case]
+    """``(model, forward(x) -> logits, reset())`` of one implementation."""
+    (zoo_name, zoo_kwargs), (sj_path, sj_kwargs), shape, T, _ = CASES[case]
     if impl == 'snnzoo':
         import snnzoo
         model = snnzoo.create_model(zoo_name, num_classes=num_classes, T=T, backend='torch', **zoo_kwargs)
-        return model, lambda x: model(x), lambda: None
+        return model, model, lambda: None
     import importlib
     from spikingjelly.activation_based import functional
     module, fn = sj_path.split(':')
@@ -71,61 +86,111 @@ def build(impl: str, case: str, num_classes: int):
     return model, forward, lambda: functional.reset_net(model)
 
 
-def run_one(impl: str, case: str, steps: int, batch: int, num_classes: int = 10) -> dict:
-    torch.manual_seed(0)
-    model, forward, reset = build(impl, case, num_classes)
-    model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    shape = CASES[case][2]
-    x = torch.randn(batch, *shape)
-    y = torch.randint(0, num_classes, (batch,))
-    base = rss_bytes()
-    times = []
-    for i in range(steps + 2):
+class _BareThreshold(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, threshold):
+        return (x >= threshold).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def without_neurons(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of an snnzoo model whose every neuron is the bare threshold ``x >= V_th`` with identity gradient."""
+    from snnzoo.layers.neuron import BaseNode
+    model = copy.deepcopy(model)
+    for m in model.modules():
+        if isinstance(m, BaseNode):
+            m.forward = lambda x, th=m.v_threshold: _BareThreshold.apply(x, th)
+    return model
+
+
+class Trainer:
+    """One implementation's training step on a fixed random batch."""
+
+    def __init__(self, model, forward, reset, case: str, num_classes: int = 10):
+        torch.manual_seed(0)
+        self.model, self.forward, self.reset = model.train(), forward, reset
+        self.opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+        self.x = torch.randn(CASES[case][4], *CASES[case][2])
+        self.y = torch.randint(0, num_classes, (CASES[case][4],))
+
+    def step(self) -> float:
         t0 = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(forward(x), y)
-        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(self.forward(self.x), self.y)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
-        reset()
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
+        self.opt.step()
+        self.reset()
+        return time.perf_counter() - t0
+
+
+def time_case(case: str, steps: int, warmup: int = 2) -> dict:
+    """Median step time (ms) of snnzoo, SpikingJelly and the neuron-free ceiling, their steps interleaved."""
+    zoo = build('snnzoo', case, 10)
+    trainers = {'snnzoo': Trainer(*zoo, case), 'spikingjelly': Trainer(*build('spikingjelly', case, 10), case)}
+    ceiling = without_neurons(zoo[0])
+    trainers['neuron_free_ceiling'] = Trainer(ceiling, ceiling, lambda: None, case)
+    times = {name: [] for name in trainers}
+    for i in range(warmup + steps):
+        for name, trainer in trainers.items():
+            elapsed = trainer.step()
+            if i >= warmup:
+                times[name].append(elapsed)
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+
+
+def memory_case(impl: str, case: str, steps: int = 10) -> dict:
+    trainer = Trainer(*build(impl, case, 10), case)
+    base = rss_bytes()
+    for _ in range(steps):
+        trainer.step()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    return dict(step_ms=1e3 * statistics.median(times), peak_mem_mb=peak / 2**20,
-                params_m=sum(p.numel() for p in model.parameters()) / 1e6)
+    return dict(peak_mem_mb=peak / 2**20, params_m=sum(p.numel() for p in trainer.model.parameters()) / 1e6)
+
+
+def run_worker(*args: str) -> dict:
+    proc = subprocess.run([sys.executable, __file__, '--worker', *args], capture_output=True, text=True)
+    if proc.returncode:
+        return dict(error=proc.stderr.strip().splitlines()[-1] if proc.stderr else 'failed')
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--cases', nargs='+', default=list(CASES))
-    parser.add_argument('--steps', type=int, default=5)
-    parser.add_argument('--batch', type=int, default=4)
-    parser.add_argument('--worker', nargs=2, metavar=('IMPL', 'CASE'), help=argparse.SUPPRESS)
+    parser.add_argument('--cases', nargs='+', default=list(CASES), choices=list(CASES), metavar='CASE')
+    parser.add_argument('--steps', type=int, default=12, help='timed steps per implementation')
+    parser.add_argument('--worker', nargs='+', help=argparse.SUPPRESS)
     parser.add_argument('--out', default=os.environ.get('OUT') or str(Path(__file__).parent / 'results'))
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(run_one(*args.worker, steps=args.steps, batch=args.batch)))
+        kind, *rest = args.worker
+        print(json.dumps(time_case(rest[0], args.steps) if kind == 'time' else memory_case(*rest)))
         return
     rows = []
     for case in args.cases:
-        row = dict(case=case, batch=args.batch, T=CASES[case][3], input=list(CASES[case][2]))
-        for impl in ('snnzoo', 'spikingjelly'):
-            proc = subprocess.run([sys.executable, __file__, '--worker', impl, case, '--steps', str(args.steps),
-                                   '--batch', str(args.batch)], capture_output=True, text=True)
-            if proc.returncode:
-                row[impl] = dict(error=proc.stderr.strip().splitlines()[-1] if proc.stderr else 'failed')
+        _, _, shape, T, batch = CASES[case]
+        row = dict(case=case, batch=batch, T=T, input=list(shape))
+        timing = run_worker('time', case, '--steps', str(args.steps))
+        for impl in IMPLS:
+            row[impl] = run_worker('mem', impl, case)
+            if 'error' in timing:
+                row[impl]['error'] = timing['error']
             else:
-                row[impl] = json.loads(proc.stdout.strip().splitlines()[-1])
-        if 'error' not in row['snnzoo'] and 'error' not in row['spikingjelly']:
+                row[impl]['step_ms'] = timing[impl]
+        if not any('error' in row[impl] for impl in IMPLS):
+            row['neuron_free_ceiling_ms'] = timing['neuron_free_ceiling']
             row['time_ratio'] = row['snnzoo']['step_ms'] / row['spikingjelly']['step_ms']
+            row['ceiling_time_ratio'] = timing['neuron_free_ceiling'] / row['spikingjelly']['step_ms']
             row['memory_ratio'] = row['snnzoo']['peak_mem_mb'] / row['spikingjelly']['peak_mem_mb']
         rows.append(row)
         print_row(row)
     result = dict(benchmark='bench_models', date=datetime.now(timezone.utc).isoformat(timespec='seconds'),
                   machine=dict(platform=platform.platform(), cpu_count=os.cpu_count(),
                                threads=torch.get_num_threads()),
-                  versions=dict(torch=torch.__version__), step='forward + CE + backward + SGD step, CPU float32',
-                  rows=rows)
+                  versions=dict(torch=torch.__version__), steps=args.steps,
+                  step='forward + CE + backward + SGD step, CPU float32', rows=rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / 'bench_models_cpu.json').write_text(json.dumps(result, indent=2) + '\n')
@@ -135,8 +200,9 @@ def main():
 def print_row(row):
     def cell(impl):
         r = row[impl]
-        return r['error'][:60] if 'error' in r else f"{r['step_ms']:9.1f} ms {r['peak_mem_mb']:8.1f} MB ({r['params_m']:.2f} M)"
-    ratios = (f"time x{row['time_ratio']:.2f} mem x{row['memory_ratio']:.2f}" if 'time_ratio' in row else '')
+        return r['error'][:60] if 'error' in r else f"{r['step_ms']:7.1f} ms {r['peak_mem_mb']:7.1f} MB"
+    ratios = (f"time x{row['time_ratio']:.2f} (neuron-free ceiling x{row['ceiling_time_ratio']:.2f}) "
+              f"mem x{row['memory_ratio']:.2f}" if 'time_ratio' in row else '')
     print(f"{row['case']:24} snnzoo {cell('snnzoo')} | SpikingJelly {cell('spikingjelly')} | {ratios}", flush=True)
 
 
