@@ -19,14 +19,13 @@ Needs a CUDA GPU and CuPy; without them it says so and exits.
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
-from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
+
+from _results import DEFAULT_OUT, machine, write_result
 
 SJ_IMPLEMENTATIONS = ('cuda', 'triton')
 DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
@@ -138,7 +137,7 @@ def main():
     parser.add_argument('--shape', type=int, nargs='+', default=[32, 384, 1024], help='[B, N, D] after T')
     parser.add_argument('--dtypes', nargs='+', default=list(DTYPES), choices=list(DTYPES))
     parser.add_argument('--repeats', type=int, default=20)
-    parser.add_argument('--out', default=os.environ.get('OUT') or str(Path(__file__).parent / 'results'))
+    parser.add_argument('--out', default=DEFAULT_OUT)
     parser.add_argument('--sj-worker', help=argparse.SUPPRESS)
     parser.add_argument('--configs', help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -199,19 +198,12 @@ def main():
         versions['spikingjelly'] = version('spikingjelly')
     except PackageNotFoundError:
         pass
-    result = dict(
-        benchmark='bench_cuda', date=datetime.now(timezone.utc).isoformat(timespec='seconds'),
-        machine=dict(device=device, capability=list(torch.cuda.get_device_capability()),
-                     platform=platform.platform(), cpu_count=os.cpu_count()),
-        versions=versions, neuron='LIFNode(tau=2.0, detach_reset=True), sigmoid surrogate',
-        timing=f'median of {args.repeats} CUDA-event-timed repeats after 3 warm-ups',
-        copy_bandwidth_GBps=copy_bw / 1e9, values_moved_per_elem=VALUES_MOVED, rows=rows)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     slug = ''.join(c if c.isalnum() else '_' for c in device.lower()).strip('_')
-    path = out / f'bench_cuda_{slug}.json'
-    path.write_text(json.dumps(result, indent=2) + '\n')
-    print(f"wrote {path}")
+    write_result(args.out, f'bench_cuda_{slug}.json', 'bench_cuda',
+                 machine(device=device, capability=list(torch.cuda.get_device_capability())),
+                 versions=versions, neuron='LIFNode(tau=2.0, detach_reset=True), sigmoid surrogate',
+                 timing=f'median of {args.repeats} CUDA-event-timed repeats after 3 warm-ups',
+                 copy_bandwidth_GBps=copy_bw / 1e9, values_moved_per_elem=VALUES_MOVED, rows=rows)
 
 
 if __name__ == '__main__':

@@ -10,12 +10,8 @@ JSON (machine, versions, times, ratios) to ``benchmarks/results/bench_energy_<de
 """
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -23,6 +19,8 @@ import torch.nn as nn
 import snnzoo
 from snnzoo.energy import profile
 from snnzoo.layers import LIFNode, MultiStep, to_time_major
+
+from _results import DEFAULT_OUT, machine, write_result
 
 
 class SmallSpikingConvNet(nn.Module):
@@ -75,7 +73,7 @@ def main():
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--threads', type=int, default=None)
-    parser.add_argument('--out', default=os.environ.get('OUT') or str(Path(__file__).parent / 'results'))
+    parser.add_argument('--out', default=DEFAULT_OUT)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -109,18 +107,11 @@ def main():
         print(f"{r['model']:40} {'x'.join(map(str, r['input_shape'])):>20} {r['plain_ms']:10.1f} "
               f"{r['profile_ms']:11.1f} {r['ratio']:6.2f}")
     device = 'cuda' if args.device.startswith('cuda') else 'cpu'
-    result = dict(
-        benchmark='bench_energy', date=datetime.now(timezone.utc).isoformat(timespec='seconds'),
-        machine=dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
-                     cpu_count=os.cpu_count(), threads=torch.get_num_threads(),
-                     gpu=torch.cuda.get_device_name() if device == 'cuda' else None),
-        versions=dict(torch=torch.__version__, snnzoo=snnzoo.__version__), device=args.device,
-        timing=f'median of {args.repeats} interleaved runs after one warm-up', target='ratio <= 3', rows=rows)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f'bench_energy_{device}.json'
-    path.write_text(json.dumps(result, indent=2) + '\n')
-    print(f"wrote {path}")
+    write_result(args.out, f'bench_energy_{device}.json', 'bench_energy',
+                 machine(gpu=torch.cuda.get_device_name() if device == 'cuda' else None),
+                 versions=dict(torch=torch.__version__, snnzoo=snnzoo.__version__), device=args.device,
+                 timing=f'median of {args.repeats} interleaved runs after one warm-up', target='ratio <= 3',
+                 rows=rows)
 
 
 if __name__ == '__main__':

@@ -19,16 +19,15 @@ import argparse
 import copy
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
+
+from _results import DEFAULT_OUT, machine, write_result
 
 # name -> (snnzoo model + kwargs, SpikingJelly constructor + kwargs, input [C, H, W], T, batch)
 CASES = {
@@ -162,7 +161,7 @@ def main():
     parser.add_argument('--cases', nargs='+', default=list(CASES), choices=list(CASES), metavar='CASE')
     parser.add_argument('--steps', type=int, default=12, help='timed steps per implementation')
     parser.add_argument('--worker', nargs='+', help=argparse.SUPPRESS)
-    parser.add_argument('--out', default=os.environ.get('OUT') or str(Path(__file__).parent / 'results'))
+    parser.add_argument('--out', default=DEFAULT_OUT)
     args = parser.parse_args()
     if args.worker:
         kind, *rest = args.worker
@@ -186,15 +185,9 @@ def main():
             row['memory_ratio'] = row['snnzoo']['peak_mem_mb'] / row['spikingjelly']['peak_mem_mb']
         rows.append(row)
         print_row(row)
-    result = dict(benchmark='bench_models', date=datetime.now(timezone.utc).isoformat(timespec='seconds'),
-                  machine=dict(platform=platform.platform(), cpu_count=os.cpu_count(),
-                               threads=torch.get_num_threads()),
-                  versions=dict(torch=torch.__version__), steps=args.steps,
-                  step='forward + CE + backward + SGD step, CPU float32', rows=rows)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / 'bench_models_cpu.json').write_text(json.dumps(result, indent=2) + '\n')
-    print(f"wrote {out / 'bench_models_cpu.json'}")
+    write_result(args.out, 'bench_models_cpu.json', 'bench_models', machine(),
+                 versions=dict(torch=torch.__version__), steps=args.steps,
+                 step='forward + CE + backward + SGD step, CPU float32', rows=rows)
 
 
 def print_row(row):

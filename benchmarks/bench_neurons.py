@@ -8,16 +8,14 @@ Prints a table and writes JSON (machine, versions, figures, ratios) to ``benchma
 """
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 
 from snnzoo.layers import IFNode, LIFNode, ParametricLIFNode
+
+from _results import DEFAULT_OUT, machine, write_result
 
 
 def spikingjelly_nodes():
@@ -77,7 +75,7 @@ def main():
     parser.add_argument('--shape', type=int, nargs='+', default=[4, 64, 384, 64])
     parser.add_argument('--repeats', type=int, default=15)
     parser.add_argument('--threads', type=int, default=None)
-    parser.add_argument('--out', default=os.environ.get('OUT') or str(Path(__file__).parent / 'results'))
+    parser.add_argument('--out', default=DEFAULT_OUT)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -109,18 +107,10 @@ def main():
         print(f"{r['neuron']:6} {r['snnzoo_ms']:10.2f} {r['spikingjelly_ms']:10.2f} {r['time_ratio']:6.2f} "
               f"{r['snnzoo_saved_bytes_per_elem']:13.2f} {r['spikingjelly_saved_bytes_per_elem']:10.2f}")
     import spikingjelly
-    result = dict(
-        benchmark='bench_neurons', date=datetime.now(timezone.utc).isoformat(timespec='seconds'),
-        machine=dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
-                     cpu_count=os.cpu_count(), threads=torch.get_num_threads()),
-        versions=dict(torch=torch.__version__, spikingjelly=getattr(spikingjelly, '__version__', '2.0.0')),
-        shape=list(args.shape), dtype='float32', timing='min over 3 interleaved rounds of the median of repeats',
-        rows=rows)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / 'bench_neurons_cpu.json'
-    path.write_text(json.dumps(result, indent=2) + '\n')
-    print(f"wrote {path}")
+    write_result(args.out, 'bench_neurons_cpu.json', 'bench_neurons', machine(),
+                 versions=dict(torch=torch.__version__, spikingjelly=getattr(spikingjelly, '__version__', '2.0.0')),
+                 shape=list(args.shape), dtype='float32',
+                 timing='min over 3 interleaved rounds of the median of repeats', rows=rows)
 
 
 if __name__ == '__main__':
