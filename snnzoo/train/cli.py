@@ -1,21 +1,29 @@
 """Console entry points: ``snnzoo-train`` (also ``python -m snnzoo.train``) and ``snnzoo-eval``, both Hydra apps.
 
-The configs live in ``configs/`` at the root of the source checkout (``SNNZOO_CONFIG_DIR`` points elsewhere).
+The configs live in ``configs/`` at the root of the source checkout; a wheel installs them to
+``<prefix>/share/snnzoo/configs``; ``SNNZOO_CONFIG_DIR`` points elsewhere.
 Every field can be overridden on the command line, e.g. ``snnzoo-train experiment=fashion_mnist trainer.epochs=5``.
 """
 import os
+import sys
 from pathlib import Path
 
 __all__ = ['train', 'evaluate', 'config_dir']
 
 
 def config_dir() -> Path:
-    """``$SNNZOO_CONFIG_DIR``, else ``configs/`` beside the ``snnzoo`` package (a source checkout)."""
-    path = Path(os.environ.get('SNNZOO_CONFIG_DIR') or Path(__file__).resolve().parents[2] / 'configs')
-    if not (path / 'train.yaml').is_file():
-        raise FileNotFoundError(f"snnzoo's Hydra configs were not found at {path}: install snnzoo from its source "
-                                f"checkout (pip install -e .) or set SNNZOO_CONFIG_DIR to the configs/ folder")
-    return path
+    """``$SNNZOO_CONFIG_DIR``, else ``configs/`` of the source checkout, else the copy a wheel installed."""
+    if os.environ.get('SNNZOO_CONFIG_DIR'):
+        candidates = [Path(os.environ['SNNZOO_CONFIG_DIR'])]
+    else:
+        checkout = Path(__file__).resolve().parents[2] / 'configs'
+        candidates = [checkout, Path(sys.prefix) / 'share' / 'snnzoo' / 'configs']
+    for path in candidates:
+        if (path / 'train.yaml').is_file():
+            return path
+    raise FileNotFoundError(f"snnzoo's Hydra configs were not found (looked in {', '.join(map(str, candidates))}): "
+                            f"reinstall snnzoo (pip install snnzoo, or pip install -e . from its source checkout) or "
+                            f"set SNNZOO_CONFIG_DIR to a folder holding train.yaml and its config groups")
 
 
 def _run(task, config_name: str) -> None:
