@@ -23,7 +23,14 @@ import torch.nn as nn
 from .neuron import LIFNode
 from .projection import apply_projection, create_projection
 
-__all__ = ['SpikingSelfAttention']
+__all__ = ['SpikingSelfAttention', 'check_stream']
+
+
+def check_stream(x: torch.Tensor, dim: int, name: str) -> None:
+    """Raise a ValueError naming ``name`` unless ``x`` is a stream ``[T, B, dim, H, W]`` or ``[T, B, dim, N]``."""
+    if x.dim() < 4 or x.shape[2] != dim:
+        raise ValueError(f"{name}(dim={dim}) expects [T, B, {dim}, H, W] or [T, B, {dim}, N], "
+                         f"got shape {tuple(x.shape)}")
 
 
 class SpikingSelfAttention(nn.Module):
@@ -88,9 +95,7 @@ class SpikingSelfAttention(nn.Module):
         return (y * self.scale).reshape(T, B, C, N)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() < 4 or x.shape[2] != self.dim:
-            raise ValueError(f"{type(self).__name__}(dim={self.dim}) expects [T, B, {self.dim}, H, W] or "
-                             f"[T, B, {self.dim}, N], got shape {tuple(x.shape)}")
+        check_stream(x, self.dim, type(self).__name__)
         shape = x.shape
         T, B, C = shape[:3]
         if self.preact:

@@ -23,6 +23,7 @@ import torch.nn as nn
 from .drop import DropPath
 from .mlp import SpikingMlp
 from .neuron import LIFNode
+from .sdsa import split_heads
 from .temporal import MultiStep, per_step
 
 __all__ = ['BNAndPad2d', 'RepConv', 'SepConv', 'SpikingConvBlock', 'SpikeDrivenSelfAttentionV2', 'MetaFormerBlock',
@@ -163,19 +164,14 @@ class SpikeDrivenSelfAttentionV2(nn.Module):
         self.attn_lif = neuron_layer(v_threshold=0.5)
         self.proj_conv = MultiStep(RepConv(dim, dim), nn.BatchNorm2d(dim))
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        """``[T, B, C, H, W] -> [T, B, h, N, d]`` (channel c = head * d + j)."""
-        T, B, C = x.shape[:3]
-        return x.reshape(T, B, self.num_heads, C // self.num_heads, -1).transpose(3, 4)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5:
             raise ValueError(f"SpikeDrivenSelfAttentionV2 expects [T, B, C, H, W], got shape {tuple(x.shape)}")
         T, B, C, H, W = x.shape
         s = self.input_lif(x)
-        q = self._heads(self.q_lif(self.q_conv(s)))
-        k = self._heads(self.k_lif(self.k_conv(s)))
-        v = self._heads(self.v_lif(self.v_conv(s)))
+        q = split_heads(self.q_lif(self.q_conv(s)), self.num_heads)
+        k = split_heads(self.k_lif(self.k_conv(s)), self.num_heads)
+        v = split_heads(self.v_lif(self.v_conv(s)), self.num_heads)
         attn = (q @ (k.transpose(-2, -1) @ v)) * self.scale                 # [T, B, h, N, d]
         attn = self.attn_lif(attn.transpose(3, 4).reshape(T, B, C, H, W))
         return self.proj_conv(attn)

@@ -18,6 +18,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
+from .attention import check_stream
 from .neuron import LIFNode
 
 __all__ = ['TokenQKAttention', 'ChannelQKAttention']
@@ -51,9 +52,7 @@ class _QKAttention(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() < 4 or x.shape[2] != self.dim:
-            raise ValueError(f"{type(self).__name__}(dim={self.dim}) expects [T, B, {self.dim}, H, W] or "
-                             f"[T, B, {self.dim}, N], got shape {tuple(x.shape)}")
+        check_stream(x, self.dim, type(self).__name__)
         shape = x.shape
         T, B, C = shape[:3]
         tokens = x.reshape(T * B, C, -1)                                              # [T*B, C, N]

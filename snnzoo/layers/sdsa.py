@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .neuron import LIFNode
 from .temporal import per_step
 
-__all__ = ['SpikeDrivenSelfAttention', 'erode']
+__all__ = ['SpikeDrivenSelfAttention', 'erode', 'split_heads']
 
 
 def erode(x: torch.Tensor) -> torch.Tensor:
@@ -31,6 +31,12 @@ def erode(x: torch.Tensor) -> torch.Tensor:
     ``[T, B, h, N, d]`` it pools over (token index N, channel within the head d) in flattened token order.
     """
     return F.max_pool3d(x, kernel_size=(1, 3, 3), stride=1, padding=(0, 1, 1))
+
+
+def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """``[T, B, C, H, W] -> [T, B, h, N, d]`` with N = H W tokens and d = C / h (channel c = head * d + j)."""
+    T, B, C = x.shape[:3]
+    return x.reshape(T, B, num_heads, C // num_heads, -1).transpose(3, 4)
 
 
 class SpikeDrivenSelfAttention(nn.Module):
@@ -72,11 +78,6 @@ class SpikeDrivenSelfAttention(nn.Module):
         self.proj_conv = nn.Conv2d(dim, dim, kernel_size=1)
         self.proj_bn = nn.BatchNorm2d(dim)
 
-    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        """``[T, B, C, H, W] -> [T, B, h, N, d]`` (channel c = head * d + j)."""
-        T, B, C = x.shape[:3]
-        return x.reshape(T, B, self.num_heads, C // self.num_heads, -1).transpose(3, 4)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5:
             raise ValueError(f"SpikeDrivenSelfAttention expects [T, B, C, H, W], got shape {tuple(x.shape)}")
@@ -86,7 +87,7 @@ class SpikeDrivenSelfAttention(nn.Module):
         k = self.k_lif(per_step(s, self.k_conv, self.k_bn))
         v = self.v_lif(per_step(s, self.v_conv, self.v_bn))
         if self.dvs_mode:
-            q, k, v = self._split_heads(q), self._split_heads(erode(k)), self._split_heads(erode(v))
+            q, k, v = (split_heads(t, self.num_heads) for t in (q, erode(k), erode(v)))
             kv = self.kv_lif(erode(k * v).sum(dim=-2, keepdim=True))          # [T, B, h, 1, d]
             y = erode(q * kv).transpose(3, 4).reshape(T, B, C, H, W)
         else:

@@ -6,6 +6,8 @@ import torch
 import torch.nn as nn
 from timm.models._features import feature_take_indices
 
+from ._heads import pooled_head
+
 __all__ = ['SpikingResNetBase']
 
 
@@ -16,8 +18,8 @@ def _select(x: torch.Tensor, return_per_step: bool) -> torch.Tensor:
 
 class SpikingResNetBase(nn.Module):
     """Subclasses define ``forward_features``, ``fc``, ``head_drop``, ``num_features`` and, for the feature API,
-    ``_stem(x)`` (input -> ``[T, B, C, H/2, W/2]``) and ``layer1..4``, and may override ``_post_stem`` (e.g. a
-    max-pool); networks of another shape (the DVS nets) override the feature API and the head."""
+    ``_stem(x)`` (input -> feature 0, ``[T, B, C, H/2, W/2]``) and ``layer1..4``, and may override ``_post_stem``
+    (e.g. a max-pool); networks of another shape (the DVS nets) override ``_stages``, pruning and the head."""
 
     def _stages(self) -> List[nn.Module]:
         return [self.layer1, self.layer2, self.layer3, self.layer4]
@@ -28,11 +30,7 @@ class SpikingResNetBase(nn.Module):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False, return_per_step: bool = False) -> torch.Tensor:
         """``[T, B, C, H, W]`` -> logits ``[B, num_classes]`` (``[T, B, num_classes]`` with ``return_per_step``);
         ``pre_logits``: the pooled features instead."""
-        x = x.mean((-2, -1))
-        if not return_per_step:
-            x = x.mean(0)
-        x = self.head_drop(x)
-        return x if pre_logits else self.fc(x)
+        return pooled_head(x.mean((-2, -1)), self.head_drop, self.fc, pre_logits, return_per_step)
 
     def forward(self, x: torch.Tensor, return_per_step: bool = False) -> torch.Tensor:
         return self.forward_head(self.forward_features(x), return_per_step=return_per_step)
@@ -40,11 +38,12 @@ class SpikingResNetBase(nn.Module):
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
                               norm: bool = False, stop_early: bool = False, output_fmt: str = 'NCHW',
                               intermediates_only: bool = False, return_per_step: bool = False):
-        """timm's feature API. Features 0..4: the stem's output (stride 2) and the four stages' outputs (strides
-        4..32), each as its mean over T ``[B, C, H, W]``, or per step ``[T, B, C, H, W]`` with ``return_per_step``."""
+        """timm's feature API. Features 0, 1, ...: the stem's output (stride 2) and the stages' outputs (ImageNet nets:
+        strides 4..32), each as its mean over T ``[B, C, H, W]``, or per step ``[T, B, C, H, W]`` with
+        ``return_per_step``."""
         if output_fmt != 'NCHW':
             raise ValueError(f"{type(self).__name__} produces NCHW feature maps only, got output_fmt={output_fmt!r}")
-        take_indices, max_index = feature_take_indices(5, indices)
+        take_indices, max_index = feature_take_indices(1 + len(self._stages()), indices)
         x = self._stem(x)
         intermediates = [_select(x, return_per_step)] if 0 in take_indices else []
         x = self._post_stem(x)

@@ -21,13 +21,13 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import trunc_normal_
 from timm.models import generate_default_cfgs
 
 from ..layers.metaformer_blocks import ConvBNDownsample, MetaFormerBlock, SpikingConvBlock
 from ..layers.neuron import LIFNode
 from ..layers.temporal import to_time_major
 from ._builder import build_snn_model
+from ._heads import LinearHeadMixin, init_trunc_normal_
 from ._registry import register_model
 
 __all__ = ['MetaSpikeFormer', 'checkpoint_filter_fn']
@@ -42,7 +42,7 @@ def _per_stage(value, name: str) -> tuple:
     return value
 
 
-class MetaSpikeFormer(nn.Module):
+class MetaSpikeFormer(LinearHeadMixin, nn.Module):
     """Meta-SpikeFormer (SDT v2).
 
     Args:
@@ -117,22 +117,10 @@ class MetaSpikeFormer(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(c3, num_classes) if num_classes > 0 else nn.Identity()
         self.head_kd = (nn.Linear(c3, num_classes) if num_classes > 0 else nn.Identity()) if kd else None
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        """As the original: Linear trunc_normal(std 0.02) with zero bias; convs and BNs keep PyTorch's init."""
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
+        self.apply(init_trunc_normal_)
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        super().reset_classifier(num_classes)
         if self.kd:
             self.head_kd = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -160,9 +148,6 @@ class MetaSpikeFormer(nn.Module):
             return out
         out_kd = reduce(self.head_kd(x))
         return [out, out_kd] if self.training else (out + out_kd) / 2
-
-    def forward(self, x: torch.Tensor, return_per_step: bool = False):
-        return self.forward_head(self.forward_features(x), return_per_step=return_per_step)
 
 
 _RENAMES = (('ConvBlock1_1.', 'conv_block1_1.'), ('ConvBlock1_2.', 'conv_block1_2.'),

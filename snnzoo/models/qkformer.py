@@ -25,7 +25,6 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import trunc_normal_
 from timm.models import checkpoint_seq, generate_default_cfgs
 
 from ..layers.attention import SpikingSelfAttention
@@ -36,6 +35,7 @@ from ..layers.neuron import LIFNode
 from ..layers.qk_attention import ChannelQKAttention, TokenQKAttention
 from ..layers.temporal import to_time_major
 from ._builder import build_snn_model
+from ._heads import LinearHeadMixin, init_trunc_normal_, pooled_head
 from ._registry import register_model
 
 __all__ = ['QKFormer', 'QKFormerBlock', 'checkpoint_filter_fn']
@@ -89,7 +89,7 @@ def _per_stage(value, n: int, name: str) -> list:
     return value
 
 
-class QKFormer(nn.Module):
+class QKFormer(LinearHeadMixin, nn.Module):
     """QKFormer (hierarchical spiking Transformer): spiking conv stem -> QK-attention stages -> an SSA stage -> head.
 
     Args:
@@ -173,7 +173,7 @@ class QKFormer(nn.Module):
             self.add_module(f'stage{i + 1}', nn.ModuleList(blocks))
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(_init_weights)
+        self.apply(init_trunc_normal_)
 
     def _attention(self, dim: int, num_heads: int, last: bool, neuron_layer: Callable[..., nn.Module]) -> nn.Module:
         if not last:
@@ -189,17 +189,12 @@ class QKFormer(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         if global_pool not in (None, 'avg'):
             raise ValueError(f"QKFormer pools by averaging over tokens and T; global_pool={global_pool!r} "
                              f"is not supported")
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        if num_classes > 0:
-            _init_weights(self.head)
+        super().reset_classifier(num_classes)
+        init_trunc_normal_(self.head)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` or ``[B, T, C, H, W]`` -> the last stage's residual stream ``[T, B, D, H', W']``."""
@@ -217,22 +212,7 @@ class QKFormer(nn.Module):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False, return_per_step: bool = False) -> torch.Tensor:
         """``[T, B, D, H', W']`` -> mean over tokens (and over T unless ``return_per_step``) -> head:
         ``[B, num_classes]`` or ``[T, B, num_classes]`` (``pre_logits``: the pooled ``[B, D]`` / ``[T, B, D]``)."""
-        x = x.flatten(3).mean(3)
-        if not return_per_step:
-            x = x.mean(0)
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor, return_per_step: bool = False) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x), return_per_step=return_per_step)
-
-
-def _init_weights(m: nn.Module) -> None:
-    """As the original: Linear weights truncated normal (std 0.02), biases 0; convs and BatchNorms PyTorch's."""
-    if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
+        return pooled_head(x.flatten(3).mean(3), self.head_drop, self.head, pre_logits, return_per_step)
 
 
 _PATCH_EMBED_KEY = re.compile(r'^patch_embed(\d+)\.proj(\d*|_res)_(conv|bn)\.')

@@ -17,7 +17,6 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import trunc_normal_
 from timm.models import generate_default_cfgs
 
 from ..layers.drop import DropPath
@@ -25,6 +24,7 @@ from ..layers.neuron import LIFNode, ParametricLIFNode
 from ..layers.sdsa import SpikeDrivenSelfAttention
 from ..layers.temporal import per_step, to_time_major
 from ._builder import build_snn_model
+from ._heads import LinearHeadMixin, init_trunc_normal_
 from ._registry import register_model
 
 __all__ = ['SpikeDrivenTransformer', 'SDTPatchEmbed', 'SDTMlp', 'SDTBlock', 'checkpoint_filter_fn']
@@ -118,7 +118,7 @@ class SDTBlock(nn.Module):
         return x + self.drop_path(self.mlp(x))
 
 
-class SpikeDrivenTransformer(nn.Module):
+class SpikeDrivenTransformer(LinearHeadMixin, nn.Module):
     """Spike-driven Transformer v1.
 
     Args:
@@ -179,22 +179,7 @@ class SpikeDrivenTransformer(nn.Module):
         self.head_lif = neuron_layer()
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        """As the original: convs trunc_normal(std 0.02) with zero bias; BN and the head keep PyTorch's init."""
-        if isinstance(m, nn.Conv2d):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(partial(init_trunc_normal_, types=nn.Conv2d))  # as the original: the head keeps PyTorch's init
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` or ``[B, T, C, H, W]`` -> the real-valued stream after the blocks ``[T, B, D, H', W']``."""
@@ -213,9 +198,6 @@ class SpikeDrivenTransformer(nn.Module):
         if not pre_logits:
             x = self.head(x)
         return x if return_per_step else x.mean(0)
-
-    def forward(self, x: torch.Tensor, return_per_step: bool = False) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x), return_per_step=return_per_step)
 
 
 _UNUSED = ('.attn.talking_heads.weight', '.attn.attn_lif.w', 'patch_embed.rpe_lif.w')

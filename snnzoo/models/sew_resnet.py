@@ -25,8 +25,9 @@ from ..layers.neuron import IFNode, ParametricLIFNode
 from ..layers.residual import SEWBasicBlock, SEWBottleneck, check_connect_f, conv_bn, sew_downsample
 from ..layers.temporal import MultiStep, to_time_major
 from ._builder import build_snn_model
+from ._heads import pooled_head
 from ._registry import register_model
-from ._resnet_base import SpikingResNetBase, _select
+from ._resnet_base import SpikingResNetBase
 
 __all__ = ['SEWResNet', 'SEWResNetDVS', 'checkpoint_filter_fn']
 
@@ -232,30 +233,15 @@ class SEWResNetDVS(SpikingResNetBase):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False, return_per_step: bool = False) -> torch.Tensor:
         """``[T, B, C, h, w]`` -> logits ``[B, num_classes]`` (``[T, B, num_classes]`` with ``return_per_step``)."""
-        x = x.flatten(2)
-        if not return_per_step:
-            x = x.mean(0)
-        x = self.head_drop(x)
-        return x if pre_logits else self.fc(x)
+        return pooled_head(x.flatten(2), self.head_drop, self.fc, pre_logits, return_per_step)
 
-    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
-                              norm: bool = False, stop_early: bool = False, output_fmt: str = 'NCHW',
-                              intermediates_only: bool = False, return_per_step: bool = False):
-        """timm's feature API: one feature per stage (after its max-pool), mean over T ``[B, C, H, W]`` or per step
-        ``[T, B, C, H, W]`` with ``return_per_step``."""
-        if output_fmt != 'NCHW':
-            raise ValueError(f"SEWResNetDVS produces NCHW feature maps only, got output_fmt={output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        x = to_time_major(x, self.T, self.in_chans, self.img_size, name=type(self).__name__)
-        stages = self.stages[:max_index + 1] if stop_early else self.stages
-        intermediates = []
-        for i, stage in enumerate(stages):
-            x = stage(x)
-            if i in take_indices:
-                intermediates.append(_select(x, return_per_step))
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        """Input -> stage 0's output: with no stem, feature i of the feature API is stage i's output (after its
+        max-pool)."""
+        return self.stages[0](to_time_major(x, self.T, self.in_chans, self.img_size, name=type(self).__name__))
+
+    def _stages(self) -> List[nn.Module]:
+        return list(self.stages)[1:]
 
     def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> List[int]:

@@ -30,7 +30,7 @@ from typing import Optional, Union
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import to_2tuple, trunc_normal_
+from timm.layers import to_2tuple
 from timm.models import checkpoint_seq, generate_default_cfgs
 
 from ..layers.attention import SpikingSelfAttention
@@ -40,6 +40,7 @@ from ..layers.neuron import LIFNode
 from ..layers.patch_embed import SpikingPatchSplitting, SpikingTokenizer
 from ..layers.temporal import to_time_major
 from ._builder import build_snn_model
+from ._heads import LinearHeadMixin, init_trunc_normal_, pooled_head
 from ._registry import register_model
 
 __all__ = ['Spikformer', 'SpikformerBlock', 'checkpoint_filter_fn']
@@ -71,7 +72,7 @@ class SpikformerBlock(nn.Module):
         return x + self.drop_path(self.mlp(x))
 
 
-class Spikformer(nn.Module):
+class Spikformer(LinearHeadMixin, nn.Module):
     """Spikformer: spiking patch splitting, ``depth`` blocks of spiking self-attention + spiking MLP, a linear head.
 
     Input: static images ``[B, C, H, W]`` (repeated over ``T`` steps) or event frames ``[B, T', C, H, W]`` (T' steps).
@@ -131,28 +132,16 @@ class Spikformer(nn.Module):
             for i in range(depth)])
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+        self.apply(init_trunc_normal_)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         if global_pool not in (None, 'avg'):
             raise ValueError(f"{type(self).__name__} pools by averaging over tokens and time; got {global_pool!r}")
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        super().reset_classifier(num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` or ``[B, T', C, H, W]`` -> the stream after the last block ``[T, B, D, H/P, W/P]``."""
@@ -166,14 +155,7 @@ class Spikformer(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False, return_per_step: bool = False) -> torch.Tensor:
         """Average ``[T, B, D, H', W']`` over tokens, then over time (unless ``return_per_step``), then the head."""
-        x = x.flatten(3).mean(3)
-        if not return_per_step:
-            x = x.mean(0)
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor, return_per_step: bool = False) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x), return_per_step=return_per_step)
+        return pooled_head(x.flatten(3).mean(3), self.head_drop, self.head, pre_logits, return_per_step)
 
 
 _NEVER_USED = re.compile(r'pos_embed|norm\.(weight|bias)|block\.\d+\.norm[12]\.(weight|bias)')
