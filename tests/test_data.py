@@ -26,15 +26,7 @@ sj_utils = pytest.importorskip('spikingjelly.datasets.utils')
 CIFAR10 = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
 
 
-# ---------------------------------------------------------------- real data from ../shared/data
-
-@pytest.fixture(scope='module')
-def data_dir(shared_dir) -> Path:
-    path = shared_dir / 'data'
-    if not path.is_dir():
-        pytest.skip(f"real data not found at {path}")
-    return path
-
+# ---------------------------------------------------------------- real data from ../shared/data (conftest's data_dir)
 
 @pytest.fixture(scope='module')
 def sample_bin(data_dir) -> Path:

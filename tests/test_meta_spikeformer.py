@@ -1,7 +1,6 @@
 """Meta-SpikeFormer (SDT v2) against the original implementation's fixtures and specs, hand-derived identities of its
 blocks, and the model contract (timm registration, overrides, kd head, input layouts, errors, v2 checkpoints)."""
 import argparse
-import json
 
 import pytest
 import timm
@@ -10,25 +9,15 @@ import torch.nn.functional as F
 
 import snnzoo
 from snnzoo.layers.metaformer_blocks import BNAndPad2d, RepConv, SpikeDrivenSelfAttentionV2
-from snnzoo.models.meta_spikeformer import MetaSpikeFormer, checkpoint_filter_fn
+from snnzoo.models.meta_spikeformer import MetaSpikeFormer
 
-from reference_check import check_fixture
+from reference_check import (check_checkpoint_file, check_fixture, check_input_errors, check_spec,
+                             check_static_and_event_inputs, fixture_model)
 
 NAMES = ('meta_spikeformer_8_384', 'meta_spikeformer_8_512', 'meta_spikeformer_8_768')
-FIXTURES = ('meta_spikeformer_8_384_small', 'meta_spikeformer_8_384_kd_small')
-SPECS = ('imagenet_8_384', 'imagenet_8_384_kd', 'imagenet_8_512', 'imagenet_8_512_kd', 'imagenet_8_768',
-         'imagenet_8_768_kd')
-_CACHE = {}
-
-
-@pytest.fixture(scope='module')
-def load_fixture(reference_dir):
-    def load(name):
-        if name not in _CACHE:
-            _CACHE[name] = torch.load(reference_dir / 'fixtures' / 'meta_spikeformer' / f'{name}.pt',
-                                      weights_only=True)
-        return _CACHE[name]
-    return load
+FIXTURES = ('meta_spikeformer/meta_spikeformer_8_384_small', 'meta_spikeformer/meta_spikeformer_8_384_kd_small')
+SPECS = ('meta_spikeformer/imagenet_8_384', 'meta_spikeformer/imagenet_8_384_kd', 'meta_spikeformer/imagenet_8_512',
+         'meta_spikeformer/imagenet_8_512_kd', 'meta_spikeformer/imagenet_8_768', 'meta_spikeformer/imagenet_8_768_kd')
 
 
 def small(**kwargs) -> MetaSpikeFormer:
@@ -44,17 +33,10 @@ def test_fixture_reproduced(load_fixture, name):
 
 
 @pytest.mark.parametrize('spec', SPECS)
-def test_spec_parameter_count_and_keys(reference_dir, spec):
-    s = json.loads((reference_dir / 'specs' / 'meta_spikeformer' / f'{spec}.json').read_text())
-    with torch.device('meta'):
-        model = snnzoo.create_model(s['snnzoo']['name'], **s['snnzoo']['kwargs'])
+def test_spec_parameter_count_and_keys(load_spec, spec):
+    s = load_spec(spec)
     assert s['params_without_grad'] == []
-    assert sum(p.numel() for p in model.parameters()) == s['total_params']
-    original = {e['name']: torch.empty(e['shape'], device='meta') for e in s['state_dict']}
-    mapped = checkpoint_filter_fn(original, model)
-    own = model.state_dict()
-    assert sorted(mapped) == sorted(own)
-    assert all(mapped[k].shape == own[k].shape for k in own)
+    check_spec(s)
 
 
 def _randomise_bn(module, gen):
@@ -165,14 +147,8 @@ def test_kd_head_outputs():
 def test_static_and_event_inputs():
     torch.manual_seed(0)
     model = small().double().eval()
-    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     with torch.no_grad():
-        static = model(x)
-        events = model(x.unsqueeze(1).expand(2, 2, 3, 32, 32))
-        per_step = model(x, return_per_step=True)
-        first, second = model(x), model(x)
-    assert torch.equal(static, events) and torch.equal(first, second)
-    assert per_step.shape == (2, 2, 10) and torch.allclose(per_step.mean(0), static)
+        check_static_and_event_inputs(model, torch.randn(2, 3, 32, 32, dtype=torch.float64), (2, 2, 10))
 
 
 def test_timm_protocol():
@@ -210,25 +186,17 @@ def test_constructor_errors(kwargs, message):
 
 
 def test_input_errors():
-    model = small()
-    with pytest.raises(ValueError, match='in_chans=3'):
-        model(torch.randn(2, 1, 32, 32))
-    with pytest.raises(ValueError, match='rank 2'):
-        model(torch.randn(2, 3))
+    check_input_errors(small(), [((2, 1, 32, 32), 'in_chans=3'), ((2, 3), 'rank 2')])
 
 
 def test_v2_checkpoint_file(load_fixture, tmp_path):
     """The v2 repository's checkpoint (model + optimizer + scaler + args) loads and reproduces the fixture."""
-    fx = load_fixture('meta_spikeformer_8_384_kd_small')
+    fx = load_fixture('meta_spikeformer/meta_spikeformer_8_384_kd_small')
     path = tmp_path / 'checkpoint-199.pth'
     torch.save({'model': fx['state_dict'], 'optimizer': {'state': {0: {'step': torch.tensor(3.0)}},
                                                         'param_groups': [{'lr': 2e-5, 'params': [0]}]},
                 'epoch': 199, 'scaler': {'scale': 65536.0, 'growth_factor': 2.0},
                 'args': argparse.Namespace(model='metaspikformer_8_384', time_steps=2, kd=True, finetune='')}, path)
-    meta = fx['meta']['snnzoo']
-    model = snnzoo.create_model(meta['name'], backend='torch', **meta['kwargs']).double()
-    snnzoo.load_checkpoint(model, path).eval()
-    with torch.no_grad():
-        assert (model(fx['input']) - fx['eval_output']).abs().max() < 1e-6
+    check_checkpoint_file(fx, path)
     with pytest.raises(RuntimeError, match='unexpected keys.*head_kd'):
-        snnzoo.load_checkpoint(snnzoo.create_model(meta['name'], **dict(meta['kwargs'], kd=False)), path)
+        fixture_model(fx, weights=path, kd=False)

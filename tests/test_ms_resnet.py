@@ -1,36 +1,20 @@
 """MS-ResNet: the original's fixtures and parameter counts, its neuron recomputed from the original's formula, the timm
 protocol, input layouts, errors and original-checkpoint loading."""
-import json
-
 import pytest
 import timm
 import torch
-from reference_check import check_fixture, check_spec
+from reference_check import check_checkpoint_file, check_static_and_event_inputs, reference_tests
 
 import snnzoo
 from snnzoo.models.ms_resnet import MSResNet, _ms_neuron
 
-FIXTURES = ['ms_resnet18_l1111_T2_64.pt', 'ms_resnet104_l1111_T2_64.pt']
-SPECS = ['imagenet_resnet18', 'imagenet_resnet34', 'imagenet_resnet104']
+FIXTURES = ['ms_resnet/ms_resnet18_l1111_T2_64', 'ms_resnet/ms_resnet104_l1111_T2_64']
+SPECS = ['ms_resnet/imagenet_resnet18', 'ms_resnet/imagenet_resnet34', 'ms_resnet/imagenet_resnet104']
+test_fixture_reproduced, test_spec_parameter_count_and_keys = reference_tests(FIXTURES, SPECS)
 
 
 def small(name='ms_resnet18', **kwargs):
     return snnzoo.create_model(name, **dict(dict(layers=[1, 1, 1, 1], T=2, num_classes=5, backend='torch'), **kwargs))
-
-
-@pytest.fixture(scope='module')
-def fixture_dir(reference_dir):
-    return reference_dir / 'fixtures' / 'ms_resnet'
-
-
-@pytest.mark.parametrize('name', FIXTURES)
-def test_reproduces_original_fixture(fixture_dir, name):
-    check_fixture(torch.load(fixture_dir / name, weights_only=True))
-
-
-@pytest.mark.parametrize('config', SPECS)
-def test_param_count_and_keys_at_paper_config(reference_dir, config):
-    check_spec(json.loads((reference_dir / 'specs' / 'ms_resnet' / f'{config}.json').read_text()))
 
 
 class _OriginalSpike(torch.autograd.Function):
@@ -99,15 +83,8 @@ def test_static_and_event_inputs_and_per_step_output(name):
         if isinstance(mod, torch.nn.BatchNorm2d):
             mod.weight.data.uniform_(0.5, 1.5)
     x = torch.rand(2, 3, 32, 32, dtype=torch.float64) * 2
-    events = x.unsqueeze(1).repeat(1, 2, 1, 1, 1)  # [B, T, C, H, W]
     for train in (False, True):
-        m.train(train)
-        out = m(x)
-        torch.testing.assert_close(m(events), out, rtol=0, atol=1e-12)
-        per_step = m(x, return_per_step=True)
-        assert per_step.shape == (2, 2, 5)
-        torch.testing.assert_close(per_step.mean(0), out, rtol=0, atol=1e-12)
-        torch.testing.assert_close(m(x), out, rtol=0, atol=0)  # a pure function: nothing leaks between calls
+        check_static_and_event_inputs(m.train(train), x, (2, 2, 5), atol=1e-12)
     assert m(torch.rand(2, 3, 3, 32, 32, dtype=torch.float64)).shape == (2, 5)  # event input with its own T
 
 
@@ -140,13 +117,9 @@ def test_clear_errors():
         snnzoo.load_checkpoint(small(), small('ms_resnet104').state_dict())
 
 
-def test_loads_original_checkpoint_file(fixture_dir, tmp_path):
+def test_loads_original_checkpoint_file(load_fixture, tmp_path):
     """The original saves the DDP model's state_dict (keys prefixed 'module.')."""
-    fx = torch.load(fixture_dir / 'ms_resnet18_l1111_T2_64.pt', weights_only=True)
+    fx = load_fixture('ms_resnet/ms_resnet18_l1111_T2_64')
     path = tmp_path / 'resnet18.pth'
     torch.save({'module.' + k: v for k, v in fx['state_dict'].items()}, path)
-    meta = fx['meta']['snnzoo']
-    m = snnzoo.create_model(meta['name'], backend='torch', **meta['kwargs']).double().eval()
-    snnzoo.load_checkpoint(m, path)
-    with torch.no_grad():
-        torch.testing.assert_close(m(fx['input']), fx['eval_output'], rtol=0, atol=1e-6)
+    check_checkpoint_file(fx, path)

@@ -1,7 +1,6 @@
 """QKFormer against the original implementation's fixtures and specs, SpikingJelly 2.0's Q-K / self-attention layers,
 and the properties the corrected (``reference_quirks=False``) model must have."""
 import argparse
-import json
 from functools import partial
 
 import pytest
@@ -11,34 +10,26 @@ import torch
 import snnzoo
 from snnzoo.layers import LIFNode
 from snnzoo.layers.qk_attention import ChannelQKAttention, TokenQKAttention
-from snnzoo.models.qkformer import QKFormer, checkpoint_filter_fn
+from snnzoo.models.qkformer import QKFormer
 
-from reference_check import check_fixture, fixture_model
+from reference_check import (check_checkpoint_file, check_fixture, check_matches_spikingjelly, check_spec,
+                             copy_to_spikingjelly, fixture_model)
 
 NAMES = ('qkformer_10_384', 'qkformer_10_512', 'qkformer_10_768', 'qkformer_4_384_cifar', 'qkformer_2_256_dvs')
 
 
 def _reference_files(kind: str, suffix: str, public: tuple) -> list:
-    """Every qkformer fixture / spec present (so added ones are checked too), else the public names (then skipped)."""
+    """Every qkformer fixture / spec present (so added ones are checked too), else the public names (then skipped);
+    as ``qkformer/NAME``."""
     from conftest import shared_path
     found = sorted(p.stem for p in (shared_path() / 'reference' / kind / 'qkformer').glob(f'*{suffix}'))
-    return found or list(public)
+    return [f'qkformer/{name}' for name in (found or public)]
 
 
 FIXTURES = _reference_files('fixtures', '.pt', ('cifar_e64_d3_t2_img32_nc10', 'cifar10dvs_e64_d4_t2_img64_nc10',
                                                 'gesture_e64_d4_t2_img64_nc11', 'imagenet_e64_d4_t2_img64_nc10'))
 SPECS = _reference_files('specs', '.json', ('cifar10_4-384', 'cifar100_4-384', 'cifar10dvs_2-256', 'gesture_2-256',
                                             'imagenet_10-384', 'imagenet_10-512', 'imagenet_10-768'))
-_CACHE = {}
-
-
-@pytest.fixture(scope='module')
-def load_fixture(reference_dir):
-    def load(name):
-        if name not in _CACHE:
-            _CACHE[name] = torch.load(reference_dir / 'fixtures' / 'qkformer' / f'{name}.pt', weights_only=True)
-        return _CACHE[name]
-    return load
 
 
 def small(name='qkformer_4_384_cifar', **kwargs) -> QKFormer:
@@ -57,7 +48,7 @@ def test_fixture_reproduced(load_fixture, name):
 
 def test_fixture_depends_on_quirk(load_fixture):
     """The corrected model differs from the original exactly through the SSA proj LIF: same outputs up to there."""
-    fx = load_fixture('imagenet_e64_d4_t2_img64_nc10')
+    fx = load_fixture('qkformer/imagenet_e64_d4_t2_img64_nc10')
     quirky, fixed = fixture_model(fx).eval(), fixture_model(fx, reference_quirks=False).eval()
     x = fx['input']
     with torch.no_grad():
@@ -86,7 +77,7 @@ def _randomise(model, gen, bias=0.3):
 def test_corrected_model_treats_batch_and_time_correctly(load_fixture):
     """Corrected: each sample's output is independent of the rest of the batch and of its order, and step t does not
     depend on later steps; the quirk model (the original) fails the first property."""
-    fx = load_fixture('cifar_e64_d3_t2_img32_nc10')
+    fx = load_fixture('qkformer/cifar_e64_d3_t2_img32_nc10')
     x = fx['input']
     quirky, fixed = fixture_model(fx).eval(), fixture_model(fx, reference_quirks=False).eval()
     with torch.no_grad():
@@ -102,82 +93,36 @@ def test_corrected_model_treats_batch_and_time_correctly(load_fixture):
 def test_corrected_ssa_matches_spikingjelly():
     """The last stage's corrected SSA equals SpikingJelly 2.0's SpikingSelfAttention (fused qkv conv) in float64."""
     sj_attention = pytest.importorskip('spikingjelly.activation_based.layer.attention')
-    from spikingjelly.activation_based import functional
     gen = torch.Generator().manual_seed(3)
     model = small(depth=3, embed_dim=32, num_heads=4).double()
     ours = model.stage3[0].attn
     _randomise(ours, gen, bias=1.0)
-    dim = 32
-    ref = sj_attention.SpikingSelfAttention(dim, 4).double()
-    with torch.no_grad():
-        ours.out_proj.bias.zero_()                          # SpikingJelly's output projection has no bias
-        ref.qkv_conv_bn[0].weight.copy_(torch.cat([ours.q_proj.weight, ours.k_proj.weight, ours.v_proj.weight]))
-        for n in ('weight', 'bias', 'running_mean', 'running_var'):
-            getattr(ref.qkv_conv_bn[1], n).copy_(torch.cat([getattr(b, n) for b in (ours.q_bn, ours.k_bn, ours.v_bn)]))
-            getattr(ref.proj_conv_bn[1], n).copy_(getattr(ours.out_bn, n))
-        ref.proj_conv_bn[0].weight.copy_(ours.out_proj.weight)
-    x = torch.randint(0, 3, (3, 2, dim, 6, 6), generator=gen).double()
-    for mode in ('eval', 'train'):
-        ours.train(mode == 'train')
-        ref.train(mode == 'train')
-        functional.reset_net(ref)
-        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-        a, b = ours(xa).flatten(3), ref(xb.flatten(3))
-        assert 0 < b.mean() < 0.9
-        assert torch.equal(a, b)
-        g = torch.randn(a.shape, generator=gen, dtype=a.dtype)
-        (a * g).sum().backward()
-        (b * g).sum().backward()
-        assert (xa.grad - xb.grad).abs().max() < 1e-12
+    ref = sj_attention.SpikingSelfAttention(32, 4).double()
+    copy_to_spikingjelly(ours, ref, 'qkv')
+    check_matches_spikingjelly(ours, ref, torch.randint(0, 3, (3, 2, 32, 6, 6), generator=gen).double(), gen)
 
 
 @pytest.mark.parametrize('cls, qka_type', [(TokenQKAttention, 'token'), (ChannelQKAttention, 'channel')])
 def test_qk_attention_matches_spikingjelly(cls, qka_type):
     """QKTA / QKCA against SpikingJelly 2.0's QKAttention (fused q/k conv, proj without bias) in float64."""
     sj_attention = pytest.importorskip('spikingjelly.activation_based.layer.attention')
-    from spikingjelly.activation_based import functional
     gen = torch.Generator().manual_seed(1)
     dim, heads = 16, 4
     neuron = partial(LIFNode, tau=2.0, detach_reset=True, backend='torch')
     ours = (cls(dim, heads, neuron) if cls is TokenQKAttention else cls(dim, neuron)).double()
     ref = sj_attention.QKAttention(dim, heads, qka_type=qka_type).double()
     _randomise(ours, gen)
-    with torch.no_grad():
-        ours.out_proj.bias.zero_()
-        ref.qk_conv_bn[0].weight.copy_(torch.cat([ours.q_proj.weight, ours.k_proj.weight]))
-        for n in ('weight', 'bias', 'running_mean', 'running_var'):
-            getattr(ref.qk_conv_bn[1], n).copy_(torch.cat([getattr(ours.q_bn, n), getattr(ours.k_bn, n)]))
-            getattr(ref.proj_conv_bn[1], n).copy_(getattr(ours.out_bn, n))
-        ref.proj_conv_bn[0].weight.copy_(ours.out_proj.weight)
-    x = torch.randint(0, 3, (3, 2, dim, 4, 5), generator=gen).double()
-    for mode in ('eval', 'train'):
-        ours.train(mode == 'train')
-        ref.train(mode == 'train')
-        functional.reset_net(ref)
-        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-        a, b = ours(xa).flatten(3), ref(xb.flatten(3))
-        assert 0 < b.mean() < 0.9
-        assert torch.equal(a, b)
-        g = torch.randn(a.shape, generator=gen, dtype=a.dtype)
-        (a * g).sum().backward()
-        (b * g).sum().backward()
-        assert (xa.grad - xb.grad).abs().max() < 1e-12
+    copy_to_spikingjelly(ours, ref, 'qk')
+    check_matches_spikingjelly(ours, ref, torch.randint(0, 3, (3, 2, dim, 4, 5), generator=gen).double(), gen)
 
 
 # ------------------------------------------------------------------------------------------- paper configurations
 
 @pytest.mark.parametrize('config', SPECS)
-def test_spec_parameter_count_and_keys(reference_dir, config):
-    spec = json.loads((reference_dir / 'specs' / 'qkformer' / f'{config}.json').read_text())
+def test_spec_parameter_count_and_keys(load_spec, config):
+    spec = load_spec(config)
     assert not spec['params_without_grad']      # QKFormer uses every parameter it builds: snnzoo drops none
-    with torch.device('meta'):
-        model = snnzoo.create_model(spec['snnzoo']['name'], **spec['snnzoo']['kwargs'])
-    assert sum(p.numel() for p in model.parameters()) == spec['total_params']
-    original = {e['name']: torch.empty(e['shape'], device='meta') for e in spec['state_dict']}
-    mapped = checkpoint_filter_fn(original, model)
-    own = model.state_dict()
-    assert sorted(mapped) == sorted(own)
-    assert all(mapped[k].shape == own[k].shape for k in own)
+    check_spec(spec)
 
 
 # -------------------------------------------------------------------------------------------------- model API
@@ -250,18 +195,13 @@ def test_clear_errors():
 
 def test_original_checkpoint_file(load_fixture, tmp_path):
     """An original training checkpoint (DDP ``module.`` keys under ``model``, with optimizer state and args) loads."""
-    fx = load_fixture('gesture_e64_d4_t2_img64_nc11')
+    fx = load_fixture('qkformer/gesture_e64_d4_t2_img64_nc11')
     path = tmp_path / 'checkpoint.pth'
     torch.save({'model': {f'module.{k}': v for k, v in fx['state_dict'].items()}, 'optimizer': {'state': {}},
                 'epoch': 3, 'args': argparse.Namespace(model='QKFormer', T=16)}, path)
-    meta = fx['meta']['snnzoo']
-    model = snnzoo.create_model(meta['name'], backend='torch', **meta['kwargs']).double()
-    snnzoo.load_checkpoint(model, path).eval()
-    with torch.no_grad():
-        assert (model(fx['input']) - fx['eval_output']).abs().max() < 1e-6
-    other = snnzoo.create_model(meta['name'], **dict(meta['kwargs'], embed_dim=32, num_heads=8))
+    check_checkpoint_file(fx, path)
     with pytest.raises(RuntimeError, match='shape mismatch'):
-        snnzoo.load_checkpoint(other, path)
+        fixture_model(fx, weights=path, embed_dim=32, num_heads=8)
 
 
 def test_grad_checkpointing_and_drop_path():

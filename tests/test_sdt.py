@@ -1,7 +1,6 @@
 """Spike-driven Transformer v1 against the original implementation's fixtures and specs, SpikingJelly 2.0's SDSA layer,
 and the model contract (timm registration, keyword overrides, input layouts, errors, checkpoints)."""
 import argparse
-import json
 
 import pytest
 import timm
@@ -9,26 +8,18 @@ import torch
 
 import snnzoo
 from snnzoo.layers.sdsa import SpikeDrivenSelfAttention
-from snnzoo.models.sdt import SDTMlp, SpikeDrivenTransformer, checkpoint_filter_fn
+from snnzoo.models.sdt import SDTMlp, SpikeDrivenTransformer
 
-from reference_check import check_fixture, fixture_model
+from reference_check import (check_checkpoint_file, check_fixture, check_input_errors, check_spec,
+                             check_static_and_event_inputs, fixture_model)
 
 NAMES = ('sdt_8_384', 'sdt_6_512', 'sdt_8_512', 'sdt_10_512', 'sdt_8_768', 'sdt_2_512_cifar', 'sdt_2_256_cifar10dvs',
          'sdt_2_256_gesture')
-FIXTURES = ('sdt_8_384_small', 'sdt_2_512_cifar_small', 'sdt_2_512_cifar_plif_small', 'sdt_2_256_cifar10dvs_small',
-            'sdt_2_256_gesture_small')
-SPECS = ('imagenet_8-384', 'imagenet_6-512', 'imagenet_8-512', 'imagenet_10-512', 'imagenet_8-768', 'cifar10_2-512',
-         'cifar100_2-512', 'cifar10_2-256', 'cifar10dvs_2-256_T10', 'gesture_2-256_T16')
-_CACHE = {}
-
-
-@pytest.fixture(scope='module')
-def load_fixture(reference_dir):
-    def load(name):
-        if name not in _CACHE:
-            _CACHE[name] = torch.load(reference_dir / 'fixtures' / 'sdt_v1' / f'{name}.pt', weights_only=True)
-        return _CACHE[name]
-    return load
+FIXTURES = ('sdt_v1/sdt_8_384_small', 'sdt_v1/sdt_2_512_cifar_small', 'sdt_v1/sdt_2_512_cifar_plif_small',
+            'sdt_v1/sdt_2_256_cifar10dvs_small', 'sdt_v1/sdt_2_256_gesture_small')
+SPECS = ('sdt_v1/imagenet_8-384', 'sdt_v1/imagenet_6-512', 'sdt_v1/imagenet_8-512', 'sdt_v1/imagenet_10-512',
+         'sdt_v1/imagenet_8-768', 'sdt_v1/cifar10_2-512', 'sdt_v1/cifar100_2-512', 'sdt_v1/cifar10_2-256',
+         'sdt_v1/cifar10dvs_2-256_T10', 'sdt_v1/gesture_2-256_T16')
 
 
 def small(name='sdt_2_512_cifar', **kwargs) -> SpikeDrivenTransformer:
@@ -44,7 +35,7 @@ def test_fixture_reproduced(load_fixture, name):
 
 def test_dvs_fixture_depends_on_dvs_mode(load_fixture):
     """The CIFAR10-DVS fixture needs the original's max-pools inside SDSA (dvs_mode), on by default for that model."""
-    fx = load_fixture('sdt_2_256_cifar10dvs_small')
+    fx = load_fixture('sdt_v1/sdt_2_256_cifar10dvs_small')
     assert fixture_model(fx).blocks[0].attn.dvs_mode
     with torch.no_grad():
         out = fixture_model(fx, dvs_mode=False).eval()(fx['input'])
@@ -52,22 +43,12 @@ def test_dvs_fixture_depends_on_dvs_mode(load_fixture):
 
 
 @pytest.mark.parametrize('spec', SPECS)
-def test_spec_parameter_count_and_keys(reference_dir, spec):
+def test_spec_parameter_count_and_keys(load_spec, spec):
     """Paper configurations: parameters = the original's minus exactly the never-used talking_heads, and the original
     state_dict's keys and shapes map onto ours."""
-    s = json.loads((reference_dir / 'specs' / 'sdt_v1' / f'{spec}.json').read_text())
-    with torch.device('meta'):
-        model = snnzoo.create_model(s['snnzoo']['name'], **s['snnzoo']['kwargs'])
-    numel = {e['name']: e['numel'] for e in s['state_dict']}
+    s = load_spec(spec)
     assert all(k.endswith('.attn.talking_heads.weight') for k in s['params_without_grad'])
-    assert sum(p.numel() for p in model.parameters()) == s['total_params'] - sum(
-        numel[k] for k in s['params_without_grad'])
-    original = {e['name']: torch.empty(e['shape'], device='meta') for e in s['state_dict']}
-    mapped = checkpoint_filter_fn(original, model)
-    assert {k for k in original if not checkpoint_filter_fn({k: None}, model)} == set(s['params_without_grad'])
-    own = model.state_dict()
-    assert sorted(mapped) == sorted(own)
-    assert all(mapped[k].shape == own[k].shape for k in own)
+    check_spec(s)
 
 
 def test_sdsa_matches_spikingjelly():
@@ -172,14 +153,9 @@ def test_static_and_event_inputs():
     """A static image equals the same frame given T times as events; events bring their own T."""
     torch.manual_seed(0)
     model = small().double().eval()
-    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     with torch.no_grad():
-        static = model(x)
-        events = model(x.unsqueeze(1).expand(2, model.T, 3, 32, 32))
-        per_step = model(x, return_per_step=True)
+        check_static_and_event_inputs(model, torch.randn(2, 3, 32, 32, dtype=torch.float64), (2, 2, 10))
         longer = model(torch.rand(2, 5, 3, 32, 32, dtype=torch.float64), return_per_step=True)
-    assert torch.equal(static, events)
-    assert per_step.shape == (2, 2, 10) and torch.allclose(per_step.mean(0), static)
     assert longer.shape == (5, 2, 10)
 
 
@@ -235,34 +211,25 @@ def test_constructor_errors(kwargs, message):
 
 
 def test_input_errors():
-    model = small()
-    with pytest.raises(ValueError, match='in_chans=3'):
-        model(torch.randn(2, 2, 32, 32))
-    with pytest.raises(ValueError, match='rank 3'):
-        model(torch.randn(3, 32, 32))
-    with pytest.raises(ValueError, match='layout is \\[B, T, C, H, W\\]'):
-        model(torch.randn(2, 3, 4, 32, 32))
+    check_input_errors(small(), [((2, 2, 32, 32), 'in_chans=3'), ((3, 32, 32), 'rank 3'),
+                                 ((2, 3, 4, 32, 32), 'layout is \\[B, T, C, H, W\\]')])
     with pytest.raises(ValueError, match='unknown snnzoo model'):
         snnzoo.create_model('sdt_8_38')
 
 
 def test_original_checkpoint_file(load_fixture, tmp_path):
     """A checkpoint as the original's timm train.py saves it (args, optimizer, DDP prefix) loads and reproduces."""
-    fx = load_fixture('sdt_2_512_cifar_small')
+    fx = load_fixture('sdt_v1/sdt_2_512_cifar_small')
     path = tmp_path / 'model_best.pth.tar'
     torch.save({'epoch': 299, 'arch': 'sdt', 'args': argparse.Namespace(model='sdt', time_steps=2),
                 'state_dict': {'module.' + k: v for k, v in fx['state_dict'].items()},
                 'optimizer': {'state': {}, 'param_groups': [{'lr': 1e-5}]}, 'metric': 95.6}, path)
-    meta = fx['meta']['snnzoo']
-    model = snnzoo.create_model(meta['name'], backend='torch', **meta['kwargs']).double()
-    snnzoo.load_checkpoint(model, path).eval()
-    with torch.no_grad():
-        assert (model(fx['input']) - fx['eval_output']).abs().max() < 1e-6
+    model = check_checkpoint_file(fx, path)
     assert not any('talking_heads.' in k for k in model.state_dict())
 
 
 def test_checkpoint_for_another_configuration_fails(load_fixture):
-    fx = load_fixture('sdt_2_512_cifar_small')
+    fx = load_fixture('sdt_v1/sdt_2_512_cifar_small')
     with pytest.raises(RuntimeError, match='missing keys'):
         snnzoo.load_checkpoint(small(depth=2), fx['state_dict'])
     with pytest.raises(RuntimeError, match='shape mismatch'):

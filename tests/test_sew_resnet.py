@@ -1,24 +1,26 @@
 """SEW-ResNet: the original's fixtures and parameter counts, SpikingJelly 2.0 as a second reference for the AND / IAND
 connections, the timm protocol, input layouts, errors and original-checkpoint loading."""
 import argparse
-import json
 import re
 
 import pytest
 import timm
 import torch
 import torchvision
-from reference_check import check_fixture, check_spec
+from reference_check import (check_checkpoint_file, check_fixture, check_spec, check_static_and_event_inputs,
+                             fixture_model)
 
 import snnzoo
 from snnzoo.layers.residual import sew_connect
 from snnzoo.models.sew_resnet import SEWResNet, SEWResNetDVS
 
-FIXTURES = ['sew_resnet18_add_l1111_T2_64.pt', 'sew_resnet_gesture_add_T4.pt', 'sew_resnet_cifar10dvs_add_T4.pt']
-SPECS = ['imagenet_sew_resnet18', 'imagenet_sew_resnet34', 'imagenet_sew_resnet50', 'imagenet_sew_resnet101',
-         'imagenet_sew_resnet152', 'dvsgesture_sew_resnet', 'cifar10dvs_sew_resnet']
-PAPER_MILLIONS = {'imagenet_sew_resnet34': 21.79, 'imagenet_sew_resnet50': 25.56, 'imagenet_sew_resnet101': 44.55,
-                  'imagenet_sew_resnet152': 60.19}
+FIXTURES = ['sew_resnet/sew_resnet18_add_l1111_T2_64', 'sew_resnet/sew_resnet_gesture_add_T4',
+            'sew_resnet/sew_resnet_cifar10dvs_add_T4']
+SPECS = ['sew_resnet/imagenet_sew_resnet18', 'sew_resnet/imagenet_sew_resnet34', 'sew_resnet/imagenet_sew_resnet50',
+         'sew_resnet/imagenet_sew_resnet101', 'sew_resnet/imagenet_sew_resnet152', 'sew_resnet/dvsgesture_sew_resnet',
+         'sew_resnet/cifar10dvs_sew_resnet']
+PAPER_MILLIONS = {'sew_resnet/imagenet_sew_resnet34': 21.79, 'sew_resnet/imagenet_sew_resnet50': 25.56,
+                  'sew_resnet/imagenet_sew_resnet101': 44.55, 'sew_resnet/imagenet_sew_resnet152': 60.19}
 
 
 def small(name='sew_resnet18', **kwargs):
@@ -28,19 +30,14 @@ def small(name='sew_resnet18', **kwargs):
     return snnzoo.create_model(name, **dict(args, **kwargs))
 
 
-@pytest.fixture(scope='module')
-def fixture_dir(reference_dir):
-    return reference_dir / 'fixtures' / 'sew_resnet'
-
-
 @pytest.mark.parametrize('name', FIXTURES)
-def test_reproduces_original_fixture(fixture_dir, name):
-    check_fixture(torch.load(fixture_dir / name, weights_only=True))
+def test_fixture_reproduced(load_fixture, name):
+    check_fixture(load_fixture(name))
 
 
 @pytest.mark.parametrize('config', SPECS)
-def test_param_count_and_keys_at_paper_config(reference_dir, config):
-    count = check_spec(json.loads((reference_dir / 'specs' / 'sew_resnet' / f'{config}.json').read_text()))
+def test_spec_parameter_count_and_keys(load_spec, config):
+    count = check_spec(load_spec(config))
     if config in PAPER_MILLIONS:
         assert abs(count / 1e6 - PAPER_MILLIONS[config]) < 0.01  # the paper rounds some down, some to nearest
 
@@ -138,15 +135,8 @@ def test_static_and_event_inputs_and_per_step_output(kind):
         m = SEWResNetDVS(channels=(4, 8, 8), img_size=32, T=2, num_classes=5, backend='torch').double()
         size = (2, 2, 32, 32)
     x = torch.rand(size, dtype=torch.float64) * 2
-    events = x.unsqueeze(1).repeat(1, 2, 1, 1, 1)  # [B, T, C, H, W]
     for train in (False, True):
-        m.train(train)
-        out = m(x)
-        torch.testing.assert_close(m(events), out, rtol=0, atol=1e-12)
-        per_step = m(x, return_per_step=True)
-        assert per_step.shape == (2, 2, 5)
-        torch.testing.assert_close(per_step.mean(0), out, rtol=0, atol=1e-12)
-        torch.testing.assert_close(m(x), out, rtol=0, atol=0)  # a pure function: nothing leaks between calls
+        check_static_and_event_inputs(m.train(train), x, (2, 2, 5), atol=1e-12)
     assert m(torch.rand((2, 3) + size[1:], dtype=torch.float64)).shape == (2, 5)  # event input with its own T
 
 
@@ -191,19 +181,14 @@ def test_clear_errors():
         snnzoo.load_checkpoint(small(), small('sew_resnet50').state_dict())
 
 
-def test_loads_original_training_checkpoint_file(fixture_dir, tmp_path):
+def test_loads_original_training_checkpoint_file(load_fixture, tmp_path):
     """The SEW repository's train.py checkpoint: {'model', 'optimizer', 'lr_scheduler', 'epoch', 'args', ...}."""
-    fx = torch.load(fixture_dir / 'sew_resnet18_add_l1111_T2_64.pt', weights_only=True)
+    fx = load_fixture('sew_resnet/sew_resnet18_add_l1111_T2_64')
     sd = fx['state_dict']
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1, momentum=0.9)
     path = tmp_path / 'checkpoint_max.pth'
     torch.save({'model': sd, 'optimizer': opt.state_dict(), 'epoch': 319, 'max_test_acc1': 67.0,
                 'args': argparse.Namespace(model='sew_resnet18', connect_f='ADD', T=4)}, path)
-    meta = fx['meta']['snnzoo']
-    m = snnzoo.create_model(meta['name'], backend='torch', **meta['kwargs']).double().eval()
-    snnzoo.load_checkpoint(m, path)
-    with torch.no_grad():
-        torch.testing.assert_close(m(fx['input']), fx['eval_output'], rtol=0, atol=1e-6)
+    check_checkpoint_file(fx, path)
     # newer SpikingJelly (>= 0.0.0.0.12) writes SeqToANNContainer without '.module'; DDP adds 'module.'
-    newer = {'module.' + k.replace('.module.', '.'): v for k, v in sd.items()}
-    snnzoo.load_checkpoint(snnzoo.create_model(meta['name'], **meta['kwargs']), newer)
+    fixture_model(fx, weights={'module.' + k.replace('.module.', '.'): v for k, v in sd.items()})

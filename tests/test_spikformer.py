@@ -1,12 +1,11 @@
 """Spikformer and CML-Spikformer against the original implementations' fixtures and specs, SpikingJelly 2.0's SSA,
 float64 recomputations of the attention, and the model protocol (timm, inputs, errors, original checkpoint files)."""
 import argparse
-import json
 
 import pytest
 import timm
 import torch
-from reference_check import check_fixture, check_spec, fixture_model
+from reference_check import check_matches_spikingjelly, copy_to_spikingjelly, fixture_model, reference_tests
 
 import snnzoo
 from snnzoo.layers.attention import SpikingSelfAttention
@@ -22,33 +21,11 @@ SPECS = ('spikformer/cifar10_4-384', 'spikformer/cifar100_4-384', 'spikformer/ci
          'spikformer/imagenet_8-384', 'spikformer/imagenet_6-512', 'spikformer/imagenet_8-512',
          'spikformer/imagenet_10-512', 'spikformer/imagenet_8-768', 'spikformer_cml/cifar10_4-384',
          'spikformer_cml/cifar100_4-384')
-_CACHE = {}
-
-
-@pytest.fixture(scope='module')
-def load_fixture(reference_dir):
-    def load(name):
-        if name not in _CACHE:
-            _CACHE[name] = torch.load(reference_dir / 'fixtures' / f'{name}.pt', weights_only=True)
-        return _CACHE[name]
-    return load
+test_fixture_reproduced, test_spec_parameter_count_and_keys = reference_tests(FIXTURES, SPECS)
 
 
 def small(name='spikformer_4_384_cifar', **kwargs) -> Spikformer:
     return snnzoo.create_model(name, **dict(dict(embed_dim=32, depth=1, num_heads=2, T=2, backend='torch'), **kwargs))
-
-
-@pytest.mark.parametrize('name', FIXTURES)
-def test_fixture_reproduced(load_fixture, name):
-    """Eval / train outputs, input gradient and every parameter gradient of the original code (float64)."""
-    check_fixture(load_fixture(name))
-
-
-@pytest.mark.parametrize('config', SPECS)
-def test_spec_parameter_count_and_keys(reference_dir, config):
-    """Paper configurations: the original's count minus exactly its never-used parameters; every original key maps
-    onto snnzoo's state_dict with its own shape."""
-    check_spec(json.loads((reference_dir / 'specs' / f'{config}.json').read_text()))
 
 
 def test_registered_with_timm():
@@ -113,12 +90,9 @@ def test_original_checkpoint_file(load_fixture, tmp_path):
     path = tmp_path / 'checkpoint.pth.tar'
     torch.save({'epoch': 9, 'arch': 'spikformer', 'args': argparse.Namespace(model='spikformer', T=16),
                 'model': {f'module.{k}': v for k, v in fx['state_dict'].items()}}, path)
-    reference = fixture_model(fx).eval()
-    meta = fx['meta']['snnzoo']
-    model = snnzoo.create_model(meta['name'], backend='torch', **meta['kwargs']).double()
-    snnzoo.load_checkpoint(model, path).eval()
+    model = fixture_model(fx, weights=path).eval()
     with torch.no_grad():
-        assert torch.equal(model(fx['input']), reference(fx['input']))
+        assert torch.equal(model(fx['input']), fixture_model(fx).eval()(fx['input']))
 
     broken = dict(fx['state_dict'])
     broken.pop('block.0.attn.k_conv.weight')
@@ -133,7 +107,6 @@ def test_original_checkpoint_file(load_fixture, tmp_path):
 def test_ssa_matches_spikingjelly():
     """Post-activation SSA (1x1 conv projections, scale 0.125) equals SpikingJelly 2.0's SpikingSelfAttention."""
     sj_attention = pytest.importorskip('spikingjelly.activation_based.layer.attention')
-    from spikingjelly.activation_based import functional
     gen = torch.Generator().manual_seed(1)
     dim, heads = 32, 4
     ours = SpikingSelfAttention(dim, heads).double()
@@ -143,25 +116,8 @@ def test_ssa_matches_spikingjelly():
             bn.weight.uniform_(1.0, 3.0, generator=gen)
             bn.bias.normal_(0.0, 0.3, generator=gen)
             bn.running_var.uniform_(0.5, 1.5, generator=gen)
-        ours.out_proj.bias.zero_()                              # SpikingJelly's output projection has no bias
-        ref.qkv_conv_bn[0].weight.copy_(torch.cat([ours.q_proj.weight, ours.k_proj.weight, ours.v_proj.weight]))
-        ref.proj_conv_bn[0].weight.copy_(ours.out_proj.weight)
-        for n in ('weight', 'bias', 'running_mean', 'running_var'):
-            getattr(ref.qkv_conv_bn[1], n).copy_(torch.cat([getattr(b, n) for b in (ours.q_bn, ours.k_bn, ours.v_bn)]))
-            getattr(ref.proj_conv_bn[1], n).copy_(getattr(ours.out_bn, n))
-    x = torch.randint(0, 3, (3, 2, dim, 5, 5), generator=gen).double()
-    for train in (False, True):
-        ours.train(train)
-        ref.train(train)
-        functional.reset_net(ref)
-        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-        a, b = ours(xa), ref(xb.flatten(3)).unflatten(3, (5, 5))
-        assert 0 < b.mean() < 0.9
-        assert torch.equal(a, b)
-        g = torch.randn(a.shape, generator=gen, dtype=a.dtype)
-        (a * g).sum().backward()
-        (b * g).sum().backward()
-        assert (xa.grad - xb.grad).abs().max() < 1e-12
+    copy_to_spikingjelly(ours, ref, 'qkv')
+    check_matches_spikingjelly(ours, ref, torch.randint(0, 3, (3, 2, dim, 5, 5), generator=gen).double(), gen)
 
 
 @pytest.mark.parametrize('tokens', [4, 64])

@@ -1,12 +1,11 @@
 """Spikingformer and Spikingformer-CML against the original implementations' fixtures and specs, hand-built
 references of the pre-activation layers, and the model protocol (timm, inputs, errors, original checkpoint files)."""
 import argparse
-import json
 
 import pytest
 import timm
 import torch
-from reference_check import check_fixture, check_spec, fixture_model
+from reference_check import fixture_model, reference_tests
 
 import snnzoo
 from snnzoo.layers import LIFNode
@@ -25,33 +24,11 @@ FIXTURES = ('spikingformer/cifar10_e32_d1_h2_T2_img32', 'spikingformer/cifar10dv
 SPECS = tuple(f'{family}/{config}' for family in ('spikingformer', 'spikingformer_cml')
               for config in ('cifar10_4-384', 'cifar100_4-384', 'cifar10dvs_2-256', 'gesture_2-256', 'imagenet_8-384',
                              'imagenet_8-512', 'imagenet_8-768'))
-_CACHE = {}
-
-
-@pytest.fixture(scope='module')
-def load_fixture(reference_dir):
-    def load(name):
-        if name not in _CACHE:
-            _CACHE[name] = torch.load(reference_dir / 'fixtures' / f'{name}.pt', weights_only=True)
-        return _CACHE[name]
-    return load
+test_fixture_reproduced, test_spec_parameter_count_and_keys = reference_tests(FIXTURES, SPECS)
 
 
 def small(name='spikingformer_4_384_cifar', **kwargs) -> Spikingformer:
     return snnzoo.create_model(name, **dict(dict(embed_dim=32, depth=1, num_heads=2, T=2, backend='torch'), **kwargs))
-
-
-@pytest.mark.parametrize('name', FIXTURES)
-def test_fixture_reproduced(load_fixture, name):
-    """Eval / train outputs, input gradient and every parameter gradient of the original code (float64)."""
-    check_fixture(load_fixture(name))
-
-
-@pytest.mark.parametrize('config', SPECS)
-def test_spec_parameter_count_and_keys(reference_dir, config):
-    """Paper configurations: the original's count minus exactly its never-used parameters; every original key maps
-    onto snnzoo's state_dict with its own shape."""
-    check_spec(json.loads((reference_dir / 'specs' / f'{config}.json').read_text()))
 
 
 @pytest.mark.parametrize('name, tau, cml', [('spikingformer_2_256_dvs', 1.5, False),
@@ -101,12 +78,9 @@ def test_original_checkpoint_file(load_fixture, tmp_path):
     path = tmp_path / 'model_best.pth'
     torch.save({'epoch': 2, 'args': argparse.Namespace(model='Spikingformer', T=16, dim=256),
                 'model': {f'module.{k}': v for k, v in fx['state_dict'].items()}}, path)
-    reference = fixture_model(fx).eval()
-    meta = fx['meta']['snnzoo']
-    model = snnzoo.create_model(meta['name'], backend='torch', **meta['kwargs']).double()
-    snnzoo.load_checkpoint(model, path).eval()
+    model = fixture_model(fx, weights=path).eval()
     with torch.no_grad():
-        assert torch.equal(model(fx['input']), reference(fx['input']))
+        assert torch.equal(model(fx['input']), fixture_model(fx).eval()(fx['input']))
 
     broken = {k: v for k, v in fx['state_dict'].items() if not k.startswith('block.0.mlp.mlp2_bn.')}
     broken['block.0.mlp.mlp3_conv.weight'] = torch.zeros(1)
