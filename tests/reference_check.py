@@ -2,8 +2,8 @@
 
 Used by every family's tests; :func:`check_spec` checks a paper configuration of ``specs/``,
 :func:`check_checkpoint_file` an original training checkpoint, :func:`check_matches_spikingjelly` an attention layer
-against SpikingJelly 2.0's; :func:`reference_tests` makes a family's fixture and spec tests. The model contract:
-:func:`check_static_and_event_inputs` and :func:`check_input_errors`.
+against SpikingJelly 2.0's; :func:`fixture_tests` and :func:`spec_tests` make a family's fixture and spec tests.
+The model contract: :func:`check_static_and_event_inputs` and :func:`check_input_errors`.
 """
 import pytest
 import torch
@@ -124,21 +124,25 @@ def check_matches_spikingjelly(ours: torch.nn.Module, ref: torch.nn.Module, x: t
         assert (xa.grad - xb.grad).abs().max() < 1e-12
 
 
-def reference_tests(fixtures, specs) -> tuple:
-    """``test_fixture_reproduced`` and ``test_spec_parameter_count_and_keys`` over a family's fixture and spec names
-    (``family/name``), for its test module to bind under those names."""
+def fixture_tests(fixtures):
+    """``test_fixture_reproduced`` over a family's fixture names (``family/name``), for its test module to bind."""
     @pytest.mark.parametrize('name', fixtures)
     def test_fixture_reproduced(load_fixture, name):
         """Eval / train outputs, input gradient and every parameter gradient of the original code (float64)."""
         check_fixture(load_fixture(name))
 
+    return test_fixture_reproduced
+
+
+def spec_tests(specs):
+    """``test_spec_parameter_count_and_keys`` over a family's paper configurations (``family/config``)."""
     @pytest.mark.parametrize('config', specs)
     def test_spec_parameter_count_and_keys(load_spec, config):
         """Paper configurations: the original's count minus exactly its never-used parameters; every original key
         maps onto snnzoo's state_dict with its own shape."""
         check_spec(load_spec(config))
 
-    return test_fixture_reproduced, test_spec_parameter_count_and_keys
+    return test_spec_parameter_count_and_keys
 
 
 def check_static_and_event_inputs(model: torch.nn.Module, x: torch.Tensor, per_step_shape: tuple,

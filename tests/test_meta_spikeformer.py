@@ -11,8 +11,8 @@ import snnzoo
 from snnzoo.layers.metaformer_blocks import BNAndPad2d, RepConv, SpikeDrivenSelfAttentionV2
 from snnzoo.models.meta_spikeformer import MetaSpikeFormer
 
-from reference_check import (check_checkpoint_file, check_fixture, check_input_errors, check_spec,
-                             check_static_and_event_inputs, fixture_model)
+from reference_check import (check_checkpoint_file, check_input_errors, check_spec, check_static_and_event_inputs,
+                             fixture_model, fixture_tests)
 
 NAMES = ('meta_spikeformer_8_384', 'meta_spikeformer_8_512', 'meta_spikeformer_8_768')
 FIXTURES = ('meta_spikeformer/meta_spikeformer_8_384_small', 'meta_spikeformer/meta_spikeformer_8_384_kd_small')
@@ -27,9 +27,7 @@ def small(**kwargs) -> MetaSpikeFormer:
 
 # ------------------------------------------------------------------------------------------ original's behaviour
 
-@pytest.mark.parametrize('name', FIXTURES)
-def test_fixture_reproduced(load_fixture, name):
-    check_fixture(load_fixture(name))
+test_fixture_reproduced = fixture_tests(FIXTURES)
 
 
 @pytest.mark.parametrize('spec', SPECS)

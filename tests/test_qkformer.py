@@ -12,8 +12,8 @@ from snnzoo.layers import LIFNode
 from snnzoo.layers.qk_attention import ChannelQKAttention, TokenQKAttention
 from snnzoo.models.qkformer import QKFormer
 
-from reference_check import (check_checkpoint_file, check_fixture, check_matches_spikingjelly, check_spec,
-                             copy_to_spikingjelly, fixture_model)
+from reference_check import (check_checkpoint_file, check_matches_spikingjelly, check_spec, copy_to_spikingjelly,
+                             fixture_model, fixture_tests)
 
 NAMES = ('qkformer_10_384', 'qkformer_10_512', 'qkformer_10_768', 'qkformer_4_384_cifar', 'qkformer_2_256_dvs')
 
@@ -40,10 +40,7 @@ def small(name='qkformer_4_384_cifar', **kwargs) -> QKFormer:
 
 # ---------------------------------------------------------------------------------------------------- fixtures
 
-@pytest.mark.parametrize('name', FIXTURES)
-def test_fixture_reproduced(load_fixture, name):
-    """Eval / train outputs and input gradient < 1e-6; every parameter gradient by name (full tensor where stored)."""
-    check_fixture(load_fixture(name))
+test_fixture_reproduced = fixture_tests(FIXTURES)
 
 
 def test_fixture_depends_on_quirk(load_fixture):

@@ -10,8 +10,8 @@ import snnzoo
 from snnzoo.layers.sdsa import SpikeDrivenSelfAttention
 from snnzoo.models.sdt import SDTMlp, SpikeDrivenTransformer
 
-from reference_check import (check_checkpoint_file, check_fixture, check_input_errors, check_spec,
-                             check_static_and_event_inputs, fixture_model)
+from reference_check import (check_checkpoint_file, check_input_errors, check_spec, check_static_and_event_inputs,
+                             fixture_model, fixture_tests)
 
 NAMES = ('sdt_8_384', 'sdt_6_512', 'sdt_8_512', 'sdt_10_512', 'sdt_8_768', 'sdt_2_512_cifar', 'sdt_2_256_cifar10dvs',
          'sdt_2_256_gesture')
@@ -28,9 +28,7 @@ def small(name='sdt_2_512_cifar', **kwargs) -> SpikeDrivenTransformer:
 
 # ------------------------------------------------------------------------------------------ original's behaviour
 
-@pytest.mark.parametrize('name', FIXTURES)
-def test_fixture_reproduced(load_fixture, name):
-    check_fixture(load_fixture(name))
+test_fixture_reproduced = fixture_tests(FIXTURES)
 
 
 def test_dvs_fixture_depends_on_dvs_mode(load_fixture):

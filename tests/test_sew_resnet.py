@@ -7,8 +7,8 @@ import pytest
 import timm
 import torch
 import torchvision
-from reference_check import (check_checkpoint_file, check_fixture, check_spec, check_static_and_event_inputs,
-                             fixture_model)
+from reference_check import (check_checkpoint_file, check_spec, check_static_and_event_inputs, fixture_model,
+                             fixture_tests)
 
 import snnzoo
 from snnzoo.layers.residual import sew_connect
@@ -30,9 +30,7 @@ def small(name='sew_resnet18', **kwargs):
     return snnzoo.create_model(name, **dict(args, **kwargs))
 
 
-@pytest.mark.parametrize('name', FIXTURES)
-def test_fixture_reproduced(load_fixture, name):
-    check_fixture(load_fixture(name))
+test_fixture_reproduced = fixture_tests(FIXTURES)
 
 
 @pytest.mark.parametrize('config', SPECS)
