@@ -9,7 +9,6 @@ JSON (machine, versions, times, ratios) to ``benchmarks/results/bench_energy_<de
                                       [--device cpu|cuda] [--repeats 5] [--threads N]
 """
 import argparse
-import json
 import statistics
 import time
 

@@ -4,7 +4,8 @@ Each case pairs an snnzoo model with SpikingJelly's model of the same configurat
 cross-entropy + backward + SGD step on a random batch; SpikingJelly's models also need ``reset_net`` after every step.
 
 - Time: one process per case builds both models and runs their steps alternately (snnzoo, SpikingJelly, snnzoo, ...),
-  so drifts of a shared machine hit both alike; the figure is the median step after warm-up. The same process also
+  so drifts of a shared machine hit both alike; the figure is the median step after warm-up, and the spread is the
+  quartiles of the per-round ratios (each snnzoo step over the SpikingJelly step next to it). The same process also
   times a *neuron-free ceiling*: the snnzoo model with every neuron replaced by a bare threshold ``x >= V_th`` (one op,
   identity gradient). Its ratio to SpikingJelly is the best any neuron implementation could reach with the same
   convolutions, BatchNorms and pooling.
@@ -126,7 +127,8 @@ class Trainer:
 
 
 def time_case(case: str, steps: int, warmup: int = 2) -> dict:
-    """Median step time (ms) of snnzoo, SpikingJelly and the neuron-free ceiling, their steps interleaved."""
+    """Median step time (ms) of snnzoo, SpikingJelly and the neuron-free ceiling, their steps interleaved, and the
+    quartiles of the per-round snnzoo / SpikingJelly ratio."""
     zoo = build('snnzoo', case, 10)
     trainers = {'snnzoo': Trainer(*zoo, case), 'spikingjelly': Trainer(*build('spikingjelly', case, 10), case)}
     ceiling = without_neurons(zoo[0])
@@ -137,7 +139,9 @@ def time_case(case: str, steps: int, warmup: int = 2) -> dict:
             elapsed = trainer.step()
             if i >= warmup:
                 times[name].append(elapsed)
-    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+    medians = {name: 1e3 * statistics.median(t) for name, t in times.items()}
+    paired = [a / b for a, b in zip(times['snnzoo'], times['spikingjelly'])]
+    return dict(medians, time_ratio_quartiles=statistics.quantiles(paired, n=4))
 
 
 def memory_case(impl: str, case: str, steps: int = 10) -> dict:
@@ -181,6 +185,7 @@ def main():
         if not any('error' in row[impl] for impl in IMPLS):
             row['neuron_free_ceiling_ms'] = timing['neuron_free_ceiling']
             row['time_ratio'] = row['snnzoo']['step_ms'] / row['spikingjelly']['step_ms']
+            row['time_ratio_quartiles'] = timing['time_ratio_quartiles']
             row['ceiling_time_ratio'] = timing['neuron_free_ceiling'] / row['spikingjelly']['step_ms']
             row['memory_ratio'] = row['snnzoo']['peak_mem_mb'] / row['spikingjelly']['peak_mem_mb']
         rows.append(row)
@@ -194,7 +199,9 @@ def print_row(row):
     def cell(impl):
         r = row[impl]
         return r['error'][:60] if 'error' in r else f"{r['step_ms']:7.1f} ms {r['peak_mem_mb']:7.1f} MB"
-    ratios = (f"time x{row['time_ratio']:.2f} (neuron-free ceiling x{row['ceiling_time_ratio']:.2f}) "
+    q1, _, q3 = row.get('time_ratio_quartiles', (0, 0, 0))
+    ratios = (f"time x{row['time_ratio']:.2f} (rounds x{q1:.2f}-{q3:.2f}; neuron-free ceiling "
+              f"x{row['ceiling_time_ratio']:.2f}) "
               f"mem x{row['memory_ratio']:.2f}" if 'time_ratio' in row else '')
     print(f"{row['case']:24} snnzoo {cell('snnzoo')} | SpikingJelly {cell('spikingjelly')} | {ratios}", flush=True)
 

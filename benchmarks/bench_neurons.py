@@ -7,7 +7,6 @@ Prints a table and writes JSON (machine, versions, figures, ratios) to ``benchma
     python benchmarks/bench_neurons.py [--shape 4 64 384 64] [--repeats 15] [--threads N]
 """
 import argparse
-import json
 import statistics
 import time
 

@@ -7,7 +7,7 @@ from ._lazy import import_timm_without_wandb
 import_timm_without_wandb()
 
 from . import layers, models  # noqa: E402
-from .models import create_model, list_models, list_pretrained, load_checkpoint
+from .models import create_model, list_models, list_pretrained, load_checkpoint  # noqa: E402
 
 __version__ = '0.1.0'
 __all__ = ['create_model', 'list_models', 'list_pretrained', 'load_checkpoint', 'layers', 'models', 'energy']

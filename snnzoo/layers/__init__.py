@@ -11,3 +11,10 @@ from .projection import apply_projection, create_projection
 from .qk_attention import ChannelQKAttention, TokenQKAttention
 from .residual import MSBasicBlock, SEWBasicBlock, SEWBottleneck, sew_connect
 from .sdsa import SpikeDrivenSelfAttention
+
+__all__ = ['reset_net', 'set_backend', 'set_stateful', 'BACKENDS', 'BaseNode', 'IFNode', 'LIFNode', 'NeuronConfig',
+           'ParametricLIFNode', 'neuron_multistep', 'SURROGATES', 'spike_fn', 'surrogate_grad', 'MultiStep',
+           'to_time_major', 'SpikingSelfAttention', 'DropPath', 'SpikingMlp', 'SpikingConvStage',
+           'SpikingPatchSplitting', 'SpikingTokenizer', 'apply_projection', 'create_projection', 'ChannelQKAttention',
+           'TokenQKAttention', 'MSBasicBlock', 'SEWBasicBlock', 'SEWBottleneck', 'sew_connect',
+           'SpikeDrivenSelfAttention']

@@ -328,7 +328,8 @@ class ParametricLIFNode(BaseNode):
     H[t] = V[t-1] + (X[t] - (V[t-1] - V_reset)) sigmoid(w)   (decay_input=True)
     H[t] = V[t-1] - (V[t-1] - V_reset) sigmoid(w) + X[t]     (decay_input=False)
 
-    ``w`` starts at ``-log(init_tau - 1)`` (so 1/tau = 1/init_tau) and receives gradients. Input and output ``[T, ...]``.
+    ``w`` starts at ``-log(init_tau - 1)`` (so 1/tau = 1/init_tau) and receives gradients.
+    Input and output ``[T, ...]``.
     """
 
     charge = 'plif'

@@ -3,12 +3,14 @@
 The forward pass is always the exact step ``S = Heaviside(x) = (x >= 0)``; the backward pass uses the derivative
 ``sg(x)`` of a smooth primitive instead of the Dirac delta. ``x = H - V_th``.
 
-| name                  | sg(x)                                              | default alpha | SpikingJelly 2.0 |
-|-----------------------|----------------------------------------------------|---------------|------------------|
-| `sigmoid`             | alpha * sigmoid(alpha x) * (1 - sigmoid(alpha x))  | 4             | `Sigmoid(alpha)` |
-| `atan`                | (alpha / 2) / (1 + (pi / 2 * alpha * x)^2)         | 2             | `ATan(alpha)`    |
-| `rectangle`           | 1 / alpha  if |x| < alpha / 2, else 0 (width alpha) | 1             | `Rect(1 / alpha)` |
-| `piecewise_quadratic` | max(0, alpha - alpha^2 |x|)                         | 1             | `PiecewiseQuadratic(alpha)` |
+| name                  | sg(x)                                             | alpha | SpikingJelly 2.0            |
+|-----------------------|---------------------------------------------------|-------|-----------------------------|
+| `sigmoid`             | alpha * sigmoid(alpha x) * (1 - sigmoid(alpha x)) | 4     | `Sigmoid(alpha)`            |
+| `atan`                | (alpha / 2) / (1 + (pi / 2 * alpha * x)^2)        | 2     | `ATan(alpha)`               |
+| `rectangle`           | 1 / alpha if |x| < alpha / 2, else 0 (width alpha) | 1     | `Rect(1 / alpha)`           |
+| `piecewise_quadratic` | max(0, alpha - alpha^2 |x|)                        | 1     | `PiecewiseQuadratic(alpha)` |
+
+(alpha: the default.)
 """
 import math
 

@@ -7,3 +7,6 @@ from . import qkformer  # noqa: E402,F401
 from . import sdt  # noqa: E402,F401
 from . import sew_resnet  # noqa: E402,F401
 from . import spikformer, spikingformer  # noqa: E402,F401
+
+__all__ = ['load_checkpoint', 'read_state_dict', 'create_model', 'is_snnzoo_model', 'list_models', 'list_pretrained',
+           'register_model']

@@ -2,10 +2,11 @@
 
 A published weight is a safetensors file named ``<model>.<tag>-<sha256 prefix>.safetensors`` (torch.hub's
 convention: at least 8 hex digits of the file's sha256 after the last ``-``) with a timm-hub ``config.json`` beside it.
-A model's ``pretrained_cfg`` names it in ``file`` and may add ``url`` or ``hf_hub_id``. ``pretrained=True`` looks for the
-file, in order, in ``$SNNZOO_WEIGHTS``, the checkout's ``checkpoints/`` folder, and the cache (``$SNNZOO_CACHE``, default
-``~/.cache/snnzoo``); else downloads it from ``url`` or the Hugging Face hub into the cache (to a temporary name,
-verified, then renamed). A file whose sha256 does not match its name is refused, and removed if it is in the cache.
+A model's ``pretrained_cfg`` names it in ``file`` and may add ``url`` or ``hf_hub_id``. ``pretrained=True`` looks for
+the file, in order, in ``$SNNZOO_WEIGHTS``, the checkout's ``checkpoints/`` folder, and the cache (``$SNNZOO_CACHE``,
+default ``~/.cache/snnzoo``); else downloads it from ``url`` or the Hugging Face hub into the cache (to a temporary
+name, verified, then renamed). A file whose sha256 does not match its name is refused, and removed if it is in the
+cache.
 """
 import hashlib
 import os
@@ -119,7 +120,8 @@ def build_snn_model(model_cls: Callable[..., nn.Module], variant: str, pretraine
                     pretrained_filter_fn: Optional[Callable] = None, **kwargs) -> nn.Module:
     """timm's ``build_model_with_cfg`` plus hash-checked loading of snnzoo's published weights.
 
-    With ``pretrained=True`` and a ``num_classes`` other than the weight's (0 included), the classifier is left as built.
+    With ``pretrained=True`` and a ``num_classes`` other than the weight's (0 included), the classifier is left as
+    built.
     """
     model = build_model_with_cfg(model_cls, variant, pretrained=False, pretrained_filter_fn=pretrained_filter_fn,
                                  **kwargs)

@@ -1,9 +1,10 @@
 """Loading snnzoo's own weights and the original repositories' checkpoints into snnzoo models.
 
 Accepted: a state_dict, or a file holding one: safetensors (snnzoo's format), or a ``.pth`` / ``.pth.tar`` written by
-an original repository (the state_dict directly, or under ``model`` / ``state_dict`` / ``model_ema`` / ``state_dict_ema``;
-keys possibly prefixed ``module.``). ``.pth`` files are untrusted: they are read with ``weights_only=True``, allowing
-only plain containers, tensors and ``argparse.Namespace`` (the original training scripts store their args).
+an original repository (the state_dict directly, or under ``model`` / ``state_dict`` / ``model_ema`` /
+``state_dict_ema``; keys possibly prefixed ``module.``). ``.pth`` files are untrusted: they are read with
+``weights_only=True``, allowing only plain containers, tensors and ``argparse.Namespace`` (the original training
+scripts store their args).
 
 Each family module may define ``checkpoint_filter_fn(state_dict, model) -> state_dict`` (timm's convention) that maps
 the original's parameter names to snnzoo's and drops, by name, the parameters the original builds but never uses.
