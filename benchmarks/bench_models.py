@@ -199,10 +199,11 @@ def print_row(row):
     def cell(impl):
         r = row[impl]
         return r['error'][:60] if 'error' in r else f"{r['step_ms']:7.1f} ms {r['peak_mem_mb']:7.1f} MB"
-    q1, _, q3 = row.get('time_ratio_quartiles', (0, 0, 0))
-    ratios = (f"time x{row['time_ratio']:.2f} (rounds x{q1:.2f}-{q3:.2f}; neuron-free ceiling "
-              f"x{row['ceiling_time_ratio']:.2f}) "
-              f"mem x{row['memory_ratio']:.2f}" if 'time_ratio' in row else '')
+    ratios = ''
+    if 'time_ratio' in row:
+        q1, _, q3 = row['time_ratio_quartiles']
+        ratios = (f"time x{row['time_ratio']:.2f} (rounds x{q1:.2f}-{q3:.2f}; neuron-free ceiling "
+                  f"x{row['ceiling_time_ratio']:.2f}) mem x{row['memory_ratio']:.2f}")
     print(f"{row['case']:24} snnzoo {cell('snnzoo')} | SpikingJelly {cell('spikingjelly')} | {ratios}", flush=True)
 
 
