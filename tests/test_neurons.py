@@ -204,6 +204,28 @@ def test_auto_backend_uses_torch_on_cpu():
     assert torch.equal(LIFNode(backend='auto')(x), LIFNode(backend='torch')(x))
 
 
+@pytest.mark.parametrize('make', [LIFNode, IFNode, ParametricLIFNode])
+def test_steps_keep_the_input_layout(make):
+    """Channels-last frames (and a time-expanded static map) give channels-last spikes and input gradients with the
+    same values as the contiguous computation."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 2, 3, 5, 6, generator=gen, dtype=torch.float64) + 0.5
+    probe = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    frames_cl = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, (4, 2))
+    static_cl = x[0].contiguous(memory_format=torch.channels_last).expand(4, -1, -1, -1, -1)
+    for inp, ref_in in ((frames_cl, x), (static_cl, x[:1].expand(4, -1, -1, -1, -1).contiguous())):
+        node = make(surrogate='atan', backend='torch')
+        a, b = inp.detach().requires_grad_(), ref_in.detach().requires_grad_()
+        sa, sb = node(a), node(b)
+        assert sa.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(sa, sb)
+        (sa * probe).sum().backward()
+        (sb * probe).sum().backward()
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-12)
+        if inp is frames_cl:
+            assert a.grad.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
+
+
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
 def test_low_precision_dtypes_keep_dtype(dtype):
     x = (torch.randn(4, 2, 8) + 0.5).to(dtype).requires_grad_()

@@ -10,7 +10,9 @@ from reference_check import (check_matches_spikingjelly, copy_to_spikingjelly, f
 
 import snnzoo
 from snnzoo.layers.attention import SpikingSelfAttention
+from snnzoo.layers import patch_embed
 from snnzoo.layers.patch_embed import SpikingPatchSplitting
+from snnzoo.layers.temporal import channels_last_frames
 from snnzoo.models.spikformer import Spikformer
 
 NAMES = ('spikformer_8_384', 'spikformer_6_512', 'spikformer_8_512', 'spikformer_10_512', 'spikformer_8_768',
@@ -141,6 +143,30 @@ def test_cml_moves_the_pool_before_the_neuron():
     assert all(hasattr(s, 'pool') for s in SpikingPatchSplitting(3, 64, 16).stages)
     x = torch.rand(2, 1, 3, 16, 20)
     assert base(x).shape == (2, 1, 64, 4, 5) and SpikingPatchSplitting(3, 64, 16)(x).shape == (2, 1, 64, 1, 2)
+
+
+def test_stem_runs_channels_last_with_the_values_of_nchw(monkeypatch):
+    """On the CPU the stem computes on channels-last frames: the same outputs and weight gradients as on NCHW frames
+    (float64), and a contiguous stream for the blocks."""
+    torch.manual_seed(0)
+    sps = SpikingPatchSplitting(3, 64, 4).double()
+    x = torch.rand(2, 3, 3, 16, 16, dtype=torch.float64) * 4
+    frames = channels_last_frames(x)
+    assert frames.flatten(0, 1).is_contiguous(memory_format=torch.channels_last) and torch.equal(frames, x)
+
+    def run():
+        sps.zero_grad()
+        out = sps(x)
+        out.square().sum().backward()
+        return out, [p.grad.clone() for p in sps.parameters()]
+
+    out, grads = run()
+    monkeypatch.setattr(patch_embed, 'channels_last_frames', lambda t: t)
+    ref, ref_grads = run()
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)
 
 
 def test_training_options():

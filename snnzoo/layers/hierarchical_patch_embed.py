@@ -5,8 +5,9 @@ Both are a chain of conv stages (:class:`~snnzoo.layers.patch_embed.SpikingConvS
 no bias -> BatchNorm -> [MaxPool 3x3, stride 2, padding 1] -> LIF) plus a shortcut (:class:`SpikingShortcut`: 1x1 conv
 with stride s, no bias -> BatchNorm -> LIF) whose stride s equals the pooling the chain applies after the shortcut's
 input. The output is chain spikes + shortcut spikes (values in {0, 1, 2}). Convolutions, BatchNorms and pools act on
-``[T*B, C, H, W]``; the LIFs (tau 2, hard reset to 0, detached reset) run over T. Input and output
-``[T, B, C, H, W]``; any H, W works (a pool and a stride-s conv both give ceil(H / s)).
+``[T*B, C, H, W]`` (channels-last on the CPU, see :func:`~snnzoo.layers.temporal.channels_last_frames`); the LIFs
+(tau 2, hard reset to 0, detached reset) run over T. Input and output ``[T, B, C, H, W]`` (contiguous); any H, W works
+(a pool and a stride-s conv both give ceil(H / s)).
 """
 from functools import partial
 from typing import Callable, Optional, Sequence
@@ -16,6 +17,7 @@ import torch.nn as nn
 
 from .neuron import LIFNode
 from .patch_embed import SpikingConvStage
+from .temporal import channels_last_frames
 
 __all__ = ['SpikingShortcut', 'SpikingConvStem', 'SpikingDownsample']
 
@@ -63,12 +65,12 @@ class _ChainWithShortcut(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5:
             raise ValueError(f"{type(self).__name__} expects [T, B, C, H, W], got shape {tuple(x.shape)}")
-        shortcut_in = x
+        x = shortcut_in = channels_last_frames(x)
         for i, stage in enumerate(self.stages):
             x = stage(x)
             if i == self.shortcut_from:
                 shortcut_in = x
-        return x + self.shortcut(shortcut_in)
+        return (x + self.shortcut(shortcut_in)).contiguous()
 
 
 class SpikingConvStem(_ChainWithShortcut):

@@ -100,16 +100,23 @@ def _fire_and_reset(cfg: NeuronConfig, h: torch.Tensor, s: torch.Tensor, v: torc
             v.add_(s, alpha=cfg.v_reset)                         # ... + V_reset S
 
 
+def _empty_steps(x: torch.Tensor) -> torch.Tensor:
+    """An uninitialised ``[T, ...]`` tensor like ``x``: T outermost, each step dense in the layout of ``x[0]``."""
+    step = torch.empty_like(x[0])
+    return torch.empty_strided(x.shape, (step.numel(), *step.stride()), dtype=x.dtype, device=x.device)
+
+
 class _MultiStepNeuron(torch.autograd.Function):
     """(x [T, ...], v0 [...] or None, k 0-dim tensor or None) -> (spikes [T, ...], V[T] [...]).
 
     Saves only H [T, ...] in the input dtype (plus v0 for a stateful start, and PLIF's decay k); spikes and every
     V[t] are recomputed from H in backward. Every step writes into preallocated buffers: no allocation in the loop.
+    Every step of the outputs and gradients has the layout of the input's step (e.g. channels-last frames).
     """
 
     @staticmethod
     def forward(ctx, x, v0, k, cfg: NeuronConfig):
-        h_seq = torch.empty_like(x, memory_format=torch.contiguous_format)
+        h_seq = _empty_steps(x)
         s_seq = torch.empty_like(h_seq)
         tau = torch.tensor(cfg.tau, dtype=x.dtype, device=x.device) if k is None else None
         v = torch.empty_like(h_seq[0])

@@ -4,6 +4,8 @@ A stem maps images or event frames ``[T, B, C, H, W]`` to a grid of embeddings `
 H' = ceil(H / P) after log2(P) poolings (P = ``patch_size``; flattening the grid gives N = H' W' tokens). Every conv is
 3x3, stride 1, padding 1, without bias, and followed by BatchNorm2d; every pool is MaxPool2d(3, stride 2, padding 1).
 Convolutions, BatchNorms and pools act on ``[T*B, ...]`` (BatchNorm statistics over T, B, H, W); neurons run over T.
+The stems compute on channels-last frames on the CPU (:func:`~snnzoo.layers.temporal.channels_last_frames`) and return
+contiguous tensors.
 
 The channel plan is in -> D/8 -> D/4 -> D/2 -> D, and the pools sit in the last log2(P) transitions between conv
 stages (P = 4 for 32x32 CIFAR images, 16 for 128x128 DVS frames and 224x224 ImageNet images). The families differ in
@@ -22,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from .neuron import LIFNode
+from .temporal import channels_last_frames
 
 __all__ = ['SpikingConvStage', 'SpikingPatchSplitting', 'SpikingTokenizer', 'pooled_transitions']
 
@@ -109,8 +112,8 @@ class SpikingPatchSplitting(nn.Module):
         self.rpe = SpikingConvStage(embed_dim, embed_dim, ('conv', 'bn', 'lif'), neuron_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stages(x)
-        return x + self.rpe(x)
+        x = self.stages(channels_last_frames(x))
+        return (x + self.rpe(x)).contiguous()
 
 
 class SpikingTokenizer(nn.Module):
@@ -139,4 +142,4 @@ class SpikingTokenizer(nn.Module):
         self.stages = nn.Sequential(*stages)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(x)
+        return self.stages(channels_last_frames(x)).contiguous()

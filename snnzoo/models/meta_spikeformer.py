@@ -14,6 +14,10 @@ starts with a LIF (see :mod:`snnzoo.layers.metaformer_blocks`). At 224x224:
     stage 3  LIF-conv3x3/2-BN (C2, 14),  depth[2] MetaFormerBlocks (spike-driven linear attention + MLP)
     stage 4  LIF-conv3x3/1-BN (C3, 14),  depth[3] MetaFormerBlocks
     head     mean over tokens -> LIF -> Linear per step, mean over T  (kd: a second Linear on the same spikes)
+
+The convolutional part (stem to stage 2) computes on channels-last frames on the CPU
+(:func:`~snnzoo.layers.temporal.channels_last_frames`: faster depthwise convolutions, BatchNorm statistics and
+padding there); stages 3-4 get a contiguous stream.
 """
 from functools import partial
 from typing import Optional, Sequence
@@ -25,7 +29,7 @@ from timm.models import generate_default_cfgs
 
 from ..layers.metaformer_blocks import ConvBNDownsample, MetaFormerBlock, SpikingConvBlock
 from ..layers.neuron import LIFNode
-from ..layers.temporal import to_time_major
+from ..layers.temporal import channels_last_frames, to_time_major
 from ._builder import build_snn_model
 from ._heads import LinearHeadMixin, init_trunc_normal_
 from ._registry import register_model
@@ -126,10 +130,10 @@ class MetaSpikeFormer(LinearHeadMixin, nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` or ``[B, T, C, H, W]`` -> the real-valued stream of stage 4 ``[T, B, C3, H/16, W/16]``."""
-        x = to_time_major(x, self.T, self.in_chans, name=type(self).__name__)
+        x = channels_last_frames(to_time_major(x, self.T, self.in_chans, name=type(self).__name__))
         x = self.conv_block1_1(self.downsample1_1(x))
         x = self.conv_block1_2(self.downsample1_2(x))
-        x = self.conv_block2(self.downsample2(x))
+        x = self.conv_block2(self.downsample2(x)).contiguous()
         x = self.block3(self.downsample3(x))
         return self.block4(self.downsample4(x))
 

@@ -22,7 +22,7 @@ from timm.models import generate_default_cfgs
 from ..layers.drop import DropPath
 from ..layers.neuron import LIFNode, ParametricLIFNode
 from ..layers.sdsa import SpikeDrivenSelfAttention
-from ..layers.temporal import per_step, to_time_major
+from ..layers.temporal import channels_last_frames, per_step, to_time_major
 from ._builder import build_snn_model
 from ._heads import LinearHeadMixin, init_trunc_normal_
 from ._registry import register_model
@@ -38,6 +38,8 @@ class SDTPatchEmbed(nn.Module):
     Four conv3x3-BN stages (D/8, D/4, D/2, D channels); the first three end with a neuron, the fourth does not.
     ``pooling_stat[i] == '1'`` adds a 3x3 stride-2 max-pool after stage i: on the spikes for stages 0-2, on the BN
     output of stage 3 (before its neuron). Output ``F + BN(conv3x3(LIF(F)))``, real-valued (F = stage-3 output).
+    Computed on channels-last frames on the CPU (:func:`~snnzoo.layers.temporal.channels_last_frames`); the output is
+    contiguous.
     """
 
     def __init__(self, in_chans: int, embed_dim: int, pooling_stat: str = '1111',
@@ -66,11 +68,12 @@ class SDTPatchEmbed(nn.Module):
         return per_step(x, self.pool) if self.pooling[stage] else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = channels_last_frames(x)
         x = self._maybe_pool(self.proj_lif(per_step(x, self.proj_conv, self.proj_bn)), 0)
         x = self._maybe_pool(self.proj_lif1(per_step(x, self.proj_conv1, self.proj_bn1)), 1)
         x = self._maybe_pool(self.proj_lif2(per_step(x, self.proj_conv2, self.proj_bn2)), 2)
         feat = self._maybe_pool(per_step(x, self.proj_conv3, self.proj_bn3), 3)
-        return per_step(self.proj_lif3(feat), self.rpe_conv, self.rpe_bn) + feat
+        return (per_step(self.proj_lif3(feat), self.rpe_conv, self.rpe_bn) + feat).contiguous()
 
 
 class SDTMlp(nn.Module):
