@@ -3,18 +3,19 @@
 Each case pairs an snnzoo model with SpikingJelly's model of the same configuration. One training step is forward +
 cross-entropy + backward + SGD step on a random batch; SpikingJelly's models also need ``reset_net`` after every step.
 
-- Time: one process per case builds both models and runs their steps alternately (snnzoo, SpikingJelly, snnzoo, ...),
-  so drifts of a shared machine hit both alike; the figure is the median step after warm-up, and the spread is the
-  quartiles of the per-round ratios (each snnzoo step over the SpikingJelly step next to it). The same process also
-  times a *neuron-free ceiling*: the snnzoo model with every neuron replaced by a bare threshold ``x >= V_th`` (one op,
-  identity gradient). Its ratio to SpikingJelly is the best any neuron implementation could reach with the same
-  convolutions, BatchNorms and pooling.
+- Time: a process builds both models and runs their steps alternately (snnzoo, SpikingJelly, snnzoo, ...), so drifts
+  of a shared machine hit both alike; ``--processes`` such processes run one after another per case, since a process
+  as a whole can run a few percent slow. The figure is the median of all steps after warm-up; the spread is the
+  quartiles of the per-round ratios (each snnzoo step over the SpikingJelly step next to it) and the range of the
+  per-process ratios of medians. Each process also times a *neuron-free ceiling*: the snnzoo model with every neuron
+  replaced by a bare threshold ``x >= V_th`` (one op, identity gradient). Its ratio to SpikingJelly is the best any
+  neuron implementation could reach with the same convolutions, BatchNorms and pooling.
 - Peak memory: one process per (case, implementation), the growth of the maximum resident set over its state before
   the first step.
 
 Prints a table and writes JSON to ``benchmarks/results/bench_models_cpu.json``.
 
-    python benchmarks/bench_models.py [--cases spikformer_4_384_cifar sew_resnet18@224] [--steps 12]
+    python benchmarks/bench_models.py [--cases spikformer_4_384_cifar sew_resnet18@224] [--steps 8] [--processes 3]
 """
 import argparse
 import copy
@@ -127,8 +128,7 @@ class Trainer:
 
 
 def time_case(case: str, steps: int, warmup: int = 2) -> dict:
-    """Median step time (ms) of snnzoo, SpikingJelly and the neuron-free ceiling, their steps interleaved, and the
-    quartiles of the per-round snnzoo / SpikingJelly ratio."""
+    """Step times (ms) of snnzoo, SpikingJelly and the neuron-free ceiling, their steps interleaved."""
     zoo = build('snnzoo', case, 10)
     trainers = {'snnzoo': Trainer(*zoo, case), 'spikingjelly': Trainer(*build('spikingjelly', case, 10), case)}
     ceiling = without_neurons(zoo[0])
@@ -139,9 +139,18 @@ def time_case(case: str, steps: int, warmup: int = 2) -> dict:
             elapsed = trainer.step()
             if i >= warmup:
                 times[name].append(elapsed)
-    medians = {name: 1e3 * statistics.median(t) for name, t in times.items()}
-    paired = [a / b for a, b in zip(times['snnzoo'], times['spikingjelly'])]
-    return dict(medians, time_ratio_quartiles=statistics.quantiles(paired, n=4))
+    return {name: [1e3 * t for t in ts] for name, ts in times.items()}
+
+
+def summarise_times(runs: list) -> dict:
+    """Pooled median step (ms) per implementation, quartiles of the paired per-round snnzoo / SpikingJelly ratios and
+    the per-process ratios of medians, from the step times of several :func:`time_case` processes."""
+    pooled = {name: [t for run in runs for t in run[name]] for name in runs[0]}
+    paired = [a / b for a, b in zip(pooled['snnzoo'], pooled['spikingjelly'])]
+    return dict({name: statistics.median(ts) for name, ts in pooled.items()},
+                time_ratio_quartiles=statistics.quantiles(paired, n=4),
+                time_ratio_per_process=[statistics.median(r['snnzoo']) / statistics.median(r['spikingjelly'])
+                                        for r in runs])
 
 
 def memory_case(impl: str, case: str, steps: int = 10) -> dict:
@@ -163,7 +172,8 @@ def run_worker(*args: str) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--cases', nargs='+', default=list(CASES), choices=list(CASES), metavar='CASE')
-    parser.add_argument('--steps', type=int, default=12, help='timed steps per implementation')
+    parser.add_argument('--steps', type=int, default=8, help='timed steps per implementation and process')
+    parser.add_argument('--processes', type=int, default=3, help='timing processes per case')
     parser.add_argument('--worker', nargs='+', help=argparse.SUPPRESS)
     parser.add_argument('--out', default=DEFAULT_OUT)
     args = parser.parse_args()
@@ -175,7 +185,9 @@ def main():
     for case in args.cases:
         _, _, shape, T, batch = CASES[case]
         row = dict(case=case, batch=batch, T=T, input=list(shape))
-        timing = run_worker('time', case, '--steps', str(args.steps))
+        runs = [run_worker('time', case, '--steps', str(args.steps)) for _ in range(args.processes)]
+        errors = [run['error'] for run in runs if 'error' in run]
+        timing = dict(error=errors[0]) if errors else summarise_times(runs)
         for impl in IMPLS:
             row[impl] = run_worker('mem', impl, case)
             if 'error' in timing:
@@ -186,12 +198,13 @@ def main():
             row['neuron_free_ceiling_ms'] = timing['neuron_free_ceiling']
             row['time_ratio'] = row['snnzoo']['step_ms'] / row['spikingjelly']['step_ms']
             row['time_ratio_quartiles'] = timing['time_ratio_quartiles']
+            row['time_ratio_per_process'] = timing['time_ratio_per_process']
             row['ceiling_time_ratio'] = timing['neuron_free_ceiling'] / row['spikingjelly']['step_ms']
             row['memory_ratio'] = row['snnzoo']['peak_mem_mb'] / row['spikingjelly']['peak_mem_mb']
         rows.append(row)
         print_row(row)
     write_result(args.out, 'bench_models_cpu.json', 'bench_models', machine(),
-                 versions=dict(torch=torch.__version__), steps=args.steps,
+                 versions=dict(torch=torch.__version__), steps=args.steps, processes=args.processes,
                  step='forward + CE + backward + SGD step, CPU float32', rows=rows)
 
 
@@ -202,8 +215,10 @@ def print_row(row):
     ratios = ''
     if 'time_ratio' in row:
         q1, _, q3 = row['time_ratio_quartiles']
-        ratios = (f"time x{row['time_ratio']:.2f} (rounds x{q1:.2f}-{q3:.2f}; neuron-free ceiling "
-                  f"x{row['ceiling_time_ratio']:.2f}) mem x{row['memory_ratio']:.2f}")
+        per_process = row['time_ratio_per_process']
+        ratios = (f"time x{row['time_ratio']:.2f} (rounds x{q1:.2f}-{q3:.2f}, processes x{min(per_process):.2f}-"
+                  f"{max(per_process):.2f}; neuron-free ceiling x{row['ceiling_time_ratio']:.2f}) "
+                  f"mem x{row['memory_ratio']:.2f}")
     print(f"{row['case']:24} snnzoo {cell('snnzoo')} | SpikingJelly {cell('spikingjelly')} | {ratios}", flush=True)
 
 

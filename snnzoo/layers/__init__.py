@@ -2,7 +2,7 @@
 from .functional import reset_net, set_backend, set_stateful
 from .neuron import BACKENDS, BaseNode, IFNode, LIFNode, NeuronConfig, ParametricLIFNode, neuron_multistep
 from .surrogate import SURROGATES, spike_fn, surrogate_grad
-from .temporal import MultiStep, to_time_major
+from .temporal import MultiStep, channels_last_frames, to_time_major
 from .attention import SpikingSelfAttention
 from .drop import DropPath
 from .mlp import SpikingMlp
@@ -14,7 +14,7 @@ from .sdsa import SpikeDrivenSelfAttention
 
 __all__ = ['reset_net', 'set_backend', 'set_stateful', 'BACKENDS', 'BaseNode', 'IFNode', 'LIFNode', 'NeuronConfig',
            'ParametricLIFNode', 'neuron_multistep', 'SURROGATES', 'spike_fn', 'surrogate_grad', 'MultiStep',
-           'to_time_major', 'SpikingSelfAttention', 'DropPath', 'SpikingMlp', 'SpikingConvStage',
-           'SpikingPatchSplitting', 'SpikingTokenizer', 'apply_projection', 'create_projection', 'ChannelQKAttention',
-           'TokenQKAttention', 'MSBasicBlock', 'SEWBasicBlock', 'SEWBottleneck', 'sew_connect',
+           'channels_last_frames', 'to_time_major', 'SpikingSelfAttention', 'DropPath', 'SpikingMlp',
+           'SpikingConvStage', 'SpikingPatchSplitting', 'SpikingTokenizer', 'apply_projection', 'create_projection',
+           'ChannelQKAttention', 'TokenQKAttention', 'MSBasicBlock', 'SEWBasicBlock', 'SEWBottleneck', 'sew_connect',
            'SpikeDrivenSelfAttention']
