@@ -10,6 +10,11 @@ Differences from the original, none of which changes its numbers: the neurons ar
 networks' stages are named modules (``stages.<i>.proj / blocks / pool``) instead of one flat list;
 :func:`checkpoint_filter_fn` maps the original keys (both SpikingJelly ``SeqToANNContainer`` layouts, with and
 without ``.module``). The DVS networks' PLIF keeps the original's ``w`` of shape ``[1]``.
+
+On the CPU the ImageNet networks run their stem and first two stages on channels-last frames
+(:func:`~snnzoo.layers.temporal.channels_last_frames`): the stem's max-pool and the BatchNorm statistics of the
+large maps are several times faster there, and a training step of SEW-ResNet-18 about 5% faster (64x64 and 224x224
+inputs; from the third stage on, with 256-512 channels on small maps, NCHW is as fast or faster).
 """
 import re
 from functools import partial
@@ -23,7 +28,7 @@ from timm.models._features import feature_take_indices
 
 from ..layers.neuron import IFNode, ParametricLIFNode
 from ..layers.residual import SEWBasicBlock, SEWBottleneck, check_connect_f, conv_bn, sew_downsample
-from ..layers.temporal import MultiStep, to_time_major
+from ..layers.temporal import MultiStep, channels_last_frames, to_time_major
 from ._builder import build_snn_model
 from ._heads import pooled_head
 from ._registry import register_model
@@ -126,7 +131,7 @@ class SEWResNet(SpikingResNetBase):
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         """Input -> stem spikes ``[T, B, 64, H/2, W/2]`` (before the max-pool)."""
         static = torch.is_tensor(x) and x.dim() == 4
-        x = to_time_major(x, 1, self.in_chans, name=type(self).__name__)
+        x = channels_last_frames(to_time_major(x, 1, self.in_chans, name=type(self).__name__))
         x = self.bn1(self.conv1(x.flatten(0, 1))).unflatten(0, x.shape[:2])
         if static:  # the original computes conv1 + bn1 once on the image and then repeats it
             x = x.expand(self.T, *x.shape[1:])
@@ -134,11 +139,10 @@ class SEWResNet(SpikingResNetBase):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` or ``[B, T, C, H, W]`` -> last stage's per-step output ``[T, B, num_features, H/32, W/32]``
-        (with ADD: integer spike counts)."""
+        (with ADD: integer spike counts). The stem and the first two stages compute on channels-last frames."""
         x = self.maxpool(self._stem(x))
-        for stage in self._stages():
-            x = stage(x)
-        return x
+        x = self.layer2(self.layer1(x)).contiguous()
+        return self.layer4(self.layer3(x))
 
     def _post_stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.maxpool(x)
