@@ -35,6 +35,8 @@ from _results import DEFAULT_OUT, machine, write_result
 CASES = {
     'spikformer_4_384_cifar': (('spikformer_4_384_cifar', {}),
                                ('spikformer:spikformer_cifar10', {}), (3, 32, 32), 4, 4),
+    'spikingformer_4_384_cifar': (('spikingformer_4_384_cifar', {}),   # SpikingJelly has no Spikingformer: its closest
+                                  ('spikformer:spikformer_cifar10', {}), (3, 32, 32), 4, 4),  # model, same dims
     'sdt_8_384@64': (('sdt_8_384', dict(img_size=64)),
                      ('spike_driven_transformer:sdt_8_384', {}), (3, 64, 64), 4, 4),
     'sdt_8_384@224': (('sdt_8_384', {}), ('spike_driven_transformer:sdt_8_384', {}), (3, 224, 224), 4, 2),
