@@ -72,6 +72,24 @@ def test_matches_spikingjelly(kind, surrogate, v_reset, decay_input, detach_rese
         torch.testing.assert_close(ours.w.grad, ref.w.grad, rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize('kind,decay_input,v_reset',
+                         list(itertools.product(('lif', 'plif'), (True, False), (0.0, -0.3, None))))
+def test_membrane_bit_equal_to_spikingjelly_in_float32(kind, decay_input, v_reset):
+    """V[T] of a stateful node equals SpikingJelly's bit for bit in float32 (the charge keeps its operation order)."""
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(6, 2000, generator=gen) * 1.5 + 0.4
+    if kind == 'lif':
+        ours = LIFNode(tau=4 / 3, decay_input=decay_input, v_reset=v_reset, stateful=True, backend='torch')
+        ref = sj_neuron.LIFNode(tau=4 / 3, decay_input=decay_input, v_reset=v_reset, step_mode='m')
+    else:
+        ours = ParametricLIFNode(init_tau=1.7, decay_input=decay_input, v_reset=v_reset, stateful=True,
+                                 backend='torch')
+        ref = sj_neuron.ParametricLIFNode(init_tau=1.7, decay_input=decay_input, v_reset=v_reset, step_mode='m')
+    with torch.no_grad():
+        assert torch.equal(ours(x), ref(x))
+    assert torch.equal(ours.v, ref.v)
+
+
 def test_plif_weight_init_and_decay():
     node = ParametricLIFNode(init_tau=3.0)
     assert node.w.item() == pytest.approx(-math.log(2.0))

@@ -9,7 +9,7 @@
 // Per neuron, for t = 0..T-1, from V = v0 (or V_reset, 0 for soft reset):
 //   charge  IF                      H = V + X
 //           LIF decay_input         H = (X - (V - V_reset)) / tau + V
-//           PLIF decay_input        H = fma(X - (V - V_reset), k, V)
+//           PLIF decay_input        H = (X - (V - V_reset)) k + V
 //           LIF/PLIF !decay_input   H = (V - (V - V_reset) / tau) + X        (PLIF: "* k")
 //   fire    S = (H >= V_th)
 //   reset   hard: V = S ? V_reset : H;   soft: V = S ? H - V_th : H
@@ -207,7 +207,7 @@ template <int CHARGE> SNN_HD float charge(const Params& p, float x, float v, flo
     const float dv = v - p.v_reset;
     const bool decay_input = (p.flags & F_DECAY_INPUT) != 0;
     if (CHARGE == CHARGE_LIF) return decay_input ? (x - dv) / p.tau + v : (v - dv / p.tau) + x;
-    return decay_input ? fmaf(x - dv, k, v) : (v - dv * k) + x;
+    return decay_input ? (x - dv) * k + v : (v - dv * k) + x;
 }
 
 SNN_HD bool fire(const Params& p, float h) { return h >= p.v_threshold; }

@@ -68,10 +68,13 @@ def _charge(cfg: NeuronConfig, x: torch.Tensor, v: torch.Tensor, k, tau, out: to
         torch.sub(x, dv, out=out)
         if k is None:
             torch.addcdiv(v, out, tau, out=out)
-        else:
-            torch.addcmul(v, out, k, out=out)
+        else:                                        # (X - dV) k rounded before the addition, as SpikingJelly
+            out.mul_(k).add_(v)
     else:                                            # V - dV / tau + X
-        torch.sub(v, dv / tau if k is None else dv * k, out=out)
+        if k is None:                                # V + (-dV) / tau: no temporary, the same rounding
+            torch.addcdiv(v, dv, tau, value=-1.0, out=out)
+        else:                                        # (addcmul would fuse dV * k into one rounding)
+            torch.sub(v, dv * k, out=out)
         out.add_(x)
 
 
