@@ -10,8 +10,8 @@ cross-entropy + backward + SGD step on a random batch; SpikingJelly's models als
   per-process ratios of medians. Each process also times a *neuron-free ceiling*: the snnzoo model with every neuron
   replaced by a bare threshold ``x >= V_th`` (one op, identity gradient). Its ratio to SpikingJelly is the best any
   neuron implementation could reach with the same convolutions, BatchNorms and pooling.
-- Peak memory: one process per (case, implementation), the growth of the maximum resident set over its state before
-  the first step.
+- Peak memory: the growth of a process's maximum resident set over its state before the first step, one process per
+  implementation, the median of ``--processes`` of them (a single one varies by up to 20%).
 
 Prints a table and writes JSON to ``benchmarks/results/bench_models_cpu.json``.
 
@@ -35,8 +35,9 @@ from _results import DEFAULT_OUT, machine, write_result
 CASES = {
     'spikformer_4_384_cifar': (('spikformer_4_384_cifar', {}),
                                ('spikformer:spikformer_cifar10', {}), (3, 32, 32), 4, 4),
-    'spikingformer_4_384_cifar': (('spikingformer_4_384_cifar', {}),   # SpikingJelly has no Spikingformer: its closest
-                                  ('spikformer:spikformer_cifar10', {}), (3, 32, 32), 4, 4),  # model, same dims
+    # SpikingJelly has no Spikingformer: its closest zoo model is the Spikformer of the same dimensions
+    'spikingformer_4_384_cifar': (('spikingformer_4_384_cifar', {}),
+                                  ('spikformer:spikformer_cifar10', {}), (3, 32, 32), 4, 4),
     'sdt_8_384@64': (('sdt_8_384', dict(img_size=64)),
                      ('spike_driven_transformer:sdt_8_384', {}), (3, 64, 64), 4, 4),
     'sdt_8_384@224': (('sdt_8_384', {}), ('spike_driven_transformer:sdt_8_384', {}), (3, 224, 224), 4, 2),
@@ -164,6 +165,14 @@ def memory_case(impl: str, case: str, steps: int = 10) -> dict:
     return dict(peak_mem_mb=peak / 2**20, params_m=sum(p.numel() for p in trainer.model.parameters()) / 1e6)
 
 
+def median_memory(runs: list) -> dict:
+    """The first error of several :func:`memory_case` processes, else their median peak."""
+    errors = [run for run in runs if 'error' in run]
+    if errors:
+        return errors[0]
+    return dict(runs[0], peak_mem_mb=statistics.median(run['peak_mem_mb'] for run in runs))
+
+
 def run_worker(*args: str) -> dict:
     proc = subprocess.run([sys.executable, __file__, '--worker', *args], capture_output=True, text=True)
     if proc.returncode:
@@ -191,7 +200,7 @@ def main():
         errors = [run['error'] for run in runs if 'error' in run]
         timing = dict(error=errors[0]) if errors else summarise_times(runs)
         for impl in IMPLS:
-            row[impl] = run_worker('mem', impl, case)
+            row[impl] = median_memory([run_worker('mem', impl, case) for _ in range(args.processes)])
             if 'error' in timing:
                 row[impl]['error'] = timing['error']
             else:
