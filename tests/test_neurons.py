@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import snnzoo
-from snnzoo.layers import IFNode, LIFNode, ParametricLIFNode, reset_net, set_backend, set_stateful
+from snnzoo.layers import (IFNode, LIFNode, ParametricLIFNode, channels_last_frames, reset_net, set_backend,
+                           set_stateful)
 
 sj_neuron = pytest.importorskip('spikingjelly.activation_based.neuron')
 sj_surrogate = pytest.importorskip('spikingjelly.activation_based.surrogate')
@@ -229,7 +230,7 @@ def test_steps_keep_the_input_layout(make):
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(4, 2, 3, 5, 6, generator=gen, dtype=torch.float64) + 0.5
     probe = torch.randn(x.shape, generator=gen, dtype=torch.float64)
-    frames_cl = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, (4, 2))
+    frames_cl = channels_last_frames(x)
     static_cl = x[0].contiguous(memory_format=torch.channels_last).expand(4, -1, -1, -1, -1)
     for inp, ref_in in ((frames_cl, x), (static_cl, x[:1].expand(4, -1, -1, -1, -1).contiguous())):
         node = make(surrogate='atan', backend='torch')
