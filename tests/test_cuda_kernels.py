@@ -8,12 +8,14 @@ side stream and on a second device.
 """
 import ast
 import ctypes
+import gc
 import itertools
 import os
 import re
 import shutil
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,7 +25,7 @@ import torch.nn as nn
 
 import snnzoo.cuda as snn_cuda
 from snnzoo.cuda import kernels, ops
-from snnzoo.layers import IFNode, LIFNode, MultiStep, ParametricLIFNode, set_backend
+from snnzoo.layers import IFNode, LIFNode, MultiStep, ParametricLIFNode, recompute_saved_spikes, set_backend
 from snnzoo.layers.neuron import NeuronConfig, neuron_multistep
 from snnzoo.layers.surrogate import SURROGATES, default_alpha
 
@@ -281,6 +283,34 @@ def test_nodes_with_cupy_backend_run_the_ops(host_ops, monkeypatch, node):
     assert {v.direction for v in calls} == {'fwd', 'bwd'}
 
 
+def check_spikes_rebuilt(dtype, device):
+    """Under recompute_saved_spikes the ops' spikes are freed after forward and rebuilt from their H (float16 and
+    bfloat16 H keep the spike decision): the consumer's gradients are bit-equal to storing them."""
+    torch.manual_seed(0)
+    lif, fc = LIFNode(v_threshold=0.3, backend='cupy'), nn.Linear(6, 3).to(device, dtype)
+    x = (torch.randn(4, 2, 6) + 0.5).to(device, dtype)
+    grads, alive = [], []
+    for enabled in (False, True):
+        fc.zero_grad()
+        with recompute_saved_spikes(enabled):
+            s = lif(x.clone().requires_grad_())
+            out = fc(s)
+        ref = weakref.ref(s)
+        del s
+        gc.collect()
+        alive.append(ref() is not None)
+        out.float().square().sum().backward()
+        grads.append(fc.weight.grad.clone())
+    assert alive == [True, False]
+    assert grads[0].abs().sum() > 0 and torch.equal(*grads)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_spikes_rebuilt_from_the_ops_h(host_ops, monkeypatch, dtype):
+    monkeypatch.setattr(snn_cuda, 'require', lambda x: None)
+    check_spikes_rebuilt(dtype, 'cpu')
+
+
 def test_inference_saves_nothing(host_ops):
     cfg = NeuronConfig()
     x = torch.randn(3, 8)
@@ -524,6 +554,12 @@ def test_cuda_torch_compile_fullgraph():
     torch.testing.assert_close(out, eager, rtol=1e-4, atol=1e-5)
     for p, g in zip(model.parameters(), grads):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16])
+def test_cuda_spikes_rebuilt_from_h(dtype):
+    check_spikes_rebuilt(dtype, 'cuda')
 
 
 @pytest.mark.cuda

@@ -47,10 +47,11 @@ def require(x: torch.Tensor) -> None:
                         f"backend='torch' (or 'auto') for {x.dtype}")
 
 
-def neuron_multistep(x: torch.Tensor, v0: Optional[torch.Tensor], k: Optional[torch.Tensor],
-                     cfg) -> tuple[torch.Tensor, torch.Tensor]:
+def neuron_multistep(x: torch.Tensor, v0: Optional[torch.Tensor], k: Optional[torch.Tensor], cfg,
+                     return_h: bool = False):
     """Run neuron ``cfg`` (a :class:`snnzoo.layers.neuron.NeuronConfig`) over ``x [T, ...]`` from ``v0 [...]`` (None:
-    V_reset, or 0 for soft reset) with PLIF decay ``k`` (0-dim tensor, else None); return (spikes [T, ...], V[T])."""
+    V_reset, or 0 for soft reset) with PLIF decay ``k`` (0-dim tensor, else None); return (spikes [T, ...], V[T]),
+    with ``return_h`` also the saved potential H [T, ...] (empty without a gradient)."""
     require(x)
     from .ops import multistep
-    return multistep(x, v0, k, cfg)
+    return multistep(x, v0, k, cfg, return_h)

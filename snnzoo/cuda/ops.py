@@ -192,8 +192,9 @@ def _backward(ctx, grad_s, grad_v, grad_h):
 neuron_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def multistep(x: Tensor, v0: Optional[Tensor], k: Optional[Tensor], cfg) -> tuple[Tensor, Tensor]:
-    """(spikes [T, ...], V[T] [...]) of the neuron ``cfg`` (a NeuronConfig) through the custom ops.
+def multistep(x: Tensor, v0: Optional[Tensor], k: Optional[Tensor], cfg, return_h: bool = False):
+    """(spikes [T, ...], V[T] [...]) of the neuron ``cfg`` (a NeuronConfig) through the custom ops; with
+    ``return_h`` also H [T, ...] (empty when no gradient can flow), whose ``float(H) >= V_th`` are the spikes.
 
     ``v0`` (``[...]``, optional) and ``k`` (PLIF's decay, 0-dim) are cast to float32, so autograd carries their
     gradients back through the casts; V[T] is float32. H is saved only when a gradient can flow.
@@ -203,8 +204,8 @@ def multistep(x: Tensor, v0: Optional[Tensor], k: Optional[Tensor], cfg) -> tupl
     if k is not None:
         k = k.to(device=x.device, dtype=torch.float32)
     save_h = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, v0, k))
-    spikes, v_last, _ = torch.ops.snnzoo.neuron_fwd(
+    spikes, v_last, h = torch.ops.snnzoo.neuron_fwd(
         x, v0, k, cfg.charge, bool(cfg.decay_input), float(cfg.tau), float(cfg.v_threshold),
         None if cfg.v_reset is None else float(cfg.v_reset), bool(cfg.detach_reset), int(cfg.surrogate_id),
         float(cfg.alpha), save_h)
-    return spikes, v_last
+    return (spikes, v_last, h) if return_h else (spikes, v_last)

@@ -1,6 +1,7 @@
 """Spiking layers: neurons, surrogate gradients, multi-step helpers and the blocks the model families share."""
 from .functional import reset_net, set_backend, set_stateful
 from .neuron import BACKENDS, BaseNode, IFNode, LIFNode, NeuronConfig, ParametricLIFNode, neuron_multistep
+from .saved_spikes import recompute_saved_spikes
 from .surrogate import SURROGATES, spike_fn, surrogate_grad
 from .temporal import MultiStep, channels_last_frames, to_time_major
 from .attention import SpikingSelfAttention
@@ -13,8 +14,8 @@ from .residual import MSBasicBlock, SEWBasicBlock, SEWBottleneck, sew_connect
 from .sdsa import SpikeDrivenSelfAttention
 
 __all__ = ['reset_net', 'set_backend', 'set_stateful', 'BACKENDS', 'BaseNode', 'IFNode', 'LIFNode', 'NeuronConfig',
-           'ParametricLIFNode', 'neuron_multistep', 'SURROGATES', 'spike_fn', 'surrogate_grad', 'MultiStep',
-           'channels_last_frames', 'to_time_major', 'SpikingSelfAttention', 'DropPath', 'SpikingMlp',
-           'SpikingConvStage', 'SpikingPatchSplitting', 'SpikingTokenizer', 'apply_projection', 'create_projection',
-           'ChannelQKAttention', 'TokenQKAttention', 'MSBasicBlock', 'SEWBasicBlock', 'SEWBottleneck', 'sew_connect',
-           'SpikeDrivenSelfAttention']
+           'ParametricLIFNode', 'neuron_multistep', 'recompute_saved_spikes', 'SURROGATES', 'spike_fn',
+           'surrogate_grad', 'MultiStep', 'channels_last_frames', 'to_time_major', 'SpikingSelfAttention',
+           'DropPath', 'SpikingMlp', 'SpikingConvStage', 'SpikingPatchSplitting', 'SpikingTokenizer',
+           'apply_projection', 'create_projection', 'ChannelQKAttention', 'TokenQKAttention', 'MSBasicBlock',
+           'SEWBasicBlock', 'SEWBottleneck', 'sew_connect', 'SpikeDrivenSelfAttention']

@@ -28,6 +28,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from .saved_spikes import register_spikes
 from .surrogate import default_alpha, surrogate_grad_, surrogate_id
 
 __all__ = ['NeuronConfig', 'BaseNode', 'LIFNode', 'IFNode', 'ParametricLIFNode', 'BACKENDS', 'neuron_multistep']
@@ -110,10 +111,11 @@ def _empty_steps(x: torch.Tensor) -> torch.Tensor:
 
 
 class _MultiStepNeuron(torch.autograd.Function):
-    """(x [T, ...], v0 [...] or None, k 0-dim tensor or None) -> (spikes [T, ...], V[T] [...]).
+    """(x [T, ...], v0 [...] or None, k 0-dim tensor or None) -> (spikes [T, ...], V[T] [...], H [T, ...]).
 
     Saves only H [T, ...] in the input dtype (plus v0 for a stateful start, and PLIF's decay k); spikes and every
-    V[t] are recomputed from H in backward. Every step writes into preallocated buffers: no allocation in the loop.
+    V[t] are recomputed from H in backward. H is also returned (not differentiable) for :func:`register_spikes`.
+    Every step writes into preallocated buffers: no allocation in the loop.
     Every step of the outputs and gradients has the layout of the input's step (e.g. channels-last frames).
     """
 
@@ -132,10 +134,11 @@ class _MultiStepNeuron(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.cfg = cfg
         ctx.save_for_backward(h_seq, v0, k)
-        return s_seq, v
+        ctx.mark_non_differentiable(h_seq)
+        return s_seq, v, h_seq
 
     @staticmethod
-    def backward(ctx, grad_s, grad_v):
+    def backward(ctx, grad_s, grad_v, grad_h):
         cfg: NeuronConfig = ctx.cfg
         h_seq, v0, k = ctx.saved_tensors
         th, r = cfg.v_threshold, cfg.v_reset
@@ -198,12 +201,15 @@ def neuron_multistep(x: torch.Tensor, v0: Optional[torch.Tensor], k: Optional[to
     """Run the recurrence of ``cfg`` over ``x [T, ...]`` from ``v0`` (None: the initial state); return (S, V[T])."""
     if _use_cupy(backend, x):
         from snnzoo import cuda
-        return cuda.neuron_multistep(x, v0, k, cfg)
-    if x.dtype in (torch.float16, torch.bfloat16):  # arithmetic in float32, like the kernels; spikes in x's dtype
-        spikes, v = _MultiStepNeuron.apply(x.float(), None if v0 is None else v0.float(),
-                                           None if k is None else k.float(), cfg)
-        return spikes.to(x.dtype), v
-    return _MultiStepNeuron.apply(x, v0, k, cfg)
+        spikes, v, h = cuda.neuron_multistep(x, v0, k, cfg, return_h=True)
+    elif x.dtype in (torch.float16, torch.bfloat16):  # arithmetic in float32, like the kernels; spikes in x's dtype
+        spikes, v, h = _MultiStepNeuron.apply(x.float(), None if v0 is None else v0.float(),
+                                              None if k is None else k.float(), cfg)
+        spikes = spikes.to(x.dtype)
+    else:
+        spikes, v, h = _MultiStepNeuron.apply(x, v0, k, cfg)
+    register_spikes(spikes, h, cfg.v_threshold)
+    return spikes, v
 
 
 def _use_cupy(backend: str, x: torch.Tensor) -> bool:

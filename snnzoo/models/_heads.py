@@ -6,6 +6,8 @@ import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
 
+from ..layers.saved_spikes import recompute_saved_spikes
+
 __all__ = ['LinearHeadMixin', 'init_trunc_normal_', 'pooled_head']
 
 
@@ -42,5 +44,6 @@ class LinearHeadMixin:
 
     def forward(self, x: torch.Tensor, return_per_step: bool = False):
         """``[B, C, H, W]`` or ``[B, T, C, H, W]`` -> logits ``[B, num_classes]`` (``[T, B, num_classes]`` with
-        ``return_per_step``)."""
-        return self.forward_head(self.forward_features(x), return_per_step=return_per_step)
+        ``return_per_step``). Spikes saved for backward are rebuilt from the neurons' potentials (saving memory)."""
+        with recompute_saved_spikes():
+            return self.forward_head(self.forward_features(x), return_per_step=return_per_step)

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 from timm.models._features import feature_take_indices
 
+from ..layers.saved_spikes import recompute_saved_spikes
 from ._heads import pooled_head
 
 __all__ = ['SpikingResNetBase']
@@ -33,7 +34,9 @@ class SpikingResNetBase(nn.Module):
         return pooled_head(x.mean((-2, -1)), self.head_drop, self.fc, pre_logits, return_per_step)
 
     def forward(self, x: torch.Tensor, return_per_step: bool = False) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x), return_per_step=return_per_step)
+        """Spikes saved for backward are rebuilt from the neurons' potentials (see :func:`recompute_saved_spikes`)."""
+        with recompute_saved_spikes():
+            return self.forward_head(self.forward_features(x), return_per_step=return_per_step)
 
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
                               norm: bool = False, stop_early: bool = False, output_fmt: str = 'NCHW',
