@@ -12,6 +12,9 @@ cross-entropy + backward + SGD step on a random batch; SpikingJelly's models als
   neuron implementation could reach with the same convolutions, BatchNorms and pooling.
 - Peak memory: the growth of a process's maximum resident set over its state before the first step, one process per
   implementation, the median of ``--processes`` of them (a single one varies by up to 20%).
+- Kept after forward (snnzoo only): the bytes a training forward leaves allocated for backward (the profiler's
+  allocation record; exact, unlike the resident set), with saved spikes stored and rebuilt from H
+  (``model.set_recompute_spikes``).
 
 Prints a table and writes JSON to ``benchmarks/results/bench_models_cpu.json``.
 
@@ -165,6 +168,23 @@ def memory_case(impl: str, case: str, steps: int = 10) -> dict:
     return dict(peak_mem_mb=peak / 2**20, params_m=sum(p.numel() for p in trainer.model.parameters()) / 1e6)
 
 
+def kept_after_forward(case: str) -> dict:
+    """MB that one snnzoo training forward leaves allocated (saved for backward, and the logits), with the saved
+    spikes stored and with them rebuilt from the neurons' H."""
+    from torch.profiler import ProfilerActivity, profile
+    model, forward, reset = build('snnzoo', case, 10)
+    trainer = Trainer(model, forward, reset, case)
+    trainer.step()
+    kept = {}
+    for name, enable in (('spikes_stored', False), ('spikes_rebuilt', True)):
+        model.set_recompute_spikes(enable)
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            logits = forward(trainer.x)
+        kept[name] = sum(event.self_cpu_memory_usage for event in prof.key_averages()) / 2**20
+        del logits
+    return kept
+
+
 def median_memory(runs: list) -> dict:
     """The first error of several :func:`memory_case` processes, else their median peak."""
     errors = [run for run in runs if 'error' in run]
@@ -190,7 +210,9 @@ def main():
     args = parser.parse_args()
     if args.worker:
         kind, *rest = args.worker
-        print(json.dumps(time_case(rest[0], args.steps) if kind == 'time' else memory_case(*rest)))
+        work = {'time': lambda: time_case(rest[0], args.steps), 'mem': lambda: memory_case(*rest),
+                'kept': lambda: kept_after_forward(rest[0])}[kind]
+        print(json.dumps(work()))
         return
     rows = []
     for case in args.cases:
@@ -201,6 +223,8 @@ def main():
         timing = dict(error=errors[0]) if errors else summarise_times(runs)
         for impl in IMPLS:
             row[impl] = median_memory([run_worker('mem', impl, case) for _ in range(args.processes)])
+            if impl == 'snnzoo':
+                row[impl]['kept_after_forward_mb'] = run_worker('kept', case)
             if 'error' in timing:
                 row[impl]['error'] = timing['error']
             else:
@@ -230,6 +254,9 @@ def print_row(row):
         ratios = (f"time x{row['time_ratio']:.2f} (rounds x{q1:.2f}-{q3:.2f}, processes x{min(per_process):.2f}-"
                   f"{max(per_process):.2f}; neuron-free ceiling x{row['ceiling_time_ratio']:.2f}) "
                   f"mem x{row['memory_ratio']:.2f}")
+    kept = row['snnzoo'].get('kept_after_forward_mb', {})
+    if 'spikes_rebuilt' in kept:
+        ratios += f" | kept after forward {kept['spikes_stored']:.0f} MB ({kept['spikes_rebuilt']:.0f} MB rebuilt)"
     print(f"{row['case']:24} snnzoo {cell('snnzoo')} | SpikingJelly {cell('spikingjelly')} | {ratios}", flush=True)
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 import snnzoo
-from snnzoo.layers import LIFNode, ParametricLIFNode, channels_last_frames, recompute_saved_spikes
+from snnzoo.layers import BaseNode, LIFNode, ParametricLIFNode, channels_last_frames, recompute_saved_spikes
 from snnzoo.layers.temporal import per_step
 
 
@@ -110,16 +110,27 @@ def test_nothing_registered_without_gradients():
     ('ms_resnet18', dict(num_classes=5, T=2, layers=[1, 1, 1, 1]), (2, 3, 32, 32)),
     ('sew_resnet18', dict(num_classes=5, T=2, layers=[1, 1, 1, 1], connect_f='IAND'), (2, 3, 32, 32)),
 ])
-def test_models_rebuild_spikes_with_equal_gradients(name, kwargs, shape):
-    """``model(x)`` enters the context; ``forward_head(forward_features(x))`` is the plain autograd path."""
+def test_models_switch(name, kwargs, shape):
+    """``set_recompute_spikes``: None (default) stores the spikes of a CPU forward that a layer saves, True frees
+    every neuron's spikes after forward; the gradients are bit-equal."""
     torch.manual_seed(0)
     model = snnzoo.create_model(name, backend='torch', **kwargs).train()
+    kept = []
+    for node in model.modules():
+        if isinstance(node, BaseNode):
+            node.register_forward_hook(lambda m, i, out: kept.append(weakref.ref(out)))
     x = torch.randn(shape)
-    grads = []
-    for forward in (model, lambda x: model.forward_head(model.forward_features(x))):
+    grads, alive = [], []
+    for enable in (None, True):
+        model.set_recompute_spikes(enable)
         model.zero_grad()
-        forward(x).square().sum().backward()
+        kept.clear()
+        out = model(x)
+        gc.collect()
+        alive.append(sum(ref() is not None for ref in kept))
+        out.square().sum().backward()
         grads.append([p.grad for p in model.parameters() if p.grad is not None])
+    assert alive[0] >= len(kept) // 2 and alive[1] == 0   # (spikes only summed or averaged are never saved)
     assert len(grads[0]) == len(grads[1]) > 0
     for a, b in zip(*grads):
         assert torch.equal(a, b)

@@ -132,8 +132,10 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
 # --- the main job's code path ----------------------------------------------------------------------------------------
 
 def test_main_job_tiny_budget_end_to_end(tmp_path):
-    """Default config (the small Spikformer on digits) for 3 optimizer steps: log, checkpoint, export, energy, eval."""
-    cfg = _train_cfg(tmp_path, 'trainer.max_steps=3', 'trainer.eval_every_n_epochs=0', 'energy.num_images=4')
+    """Default config (the small Spikformer on digits) for 3 optimizer steps: log, checkpoint, export, energy, eval;
+    saved spikes rebuilt for backward."""
+    cfg = _train_cfg(tmp_path, 'trainer.max_steps=3', 'trainer.eval_every_n_epochs=0', 'energy.num_images=4',
+                     'trainer.recompute_spikes=true')
     name = cfg.model.name
     if not snnzoo.list_models(name):
         pytest.skip(f"the main job's model {name} is not registered yet")
@@ -168,6 +170,8 @@ def test_tet_bf16_clipping_and_accumulation_run(tmp_path):
     assert math.isfinite(line['train_loss']) and line['img_per_s'] > 0
     with pytest.raises(ValueError, match='fp16 needs a CUDA GPU'):
         run_training(_train_cfg(tmp_path, *TINY, 'trainer.precision=fp16', 'trainer.max_steps=1'))
+    with pytest.raises(ValueError, match='recompute_saved_spikes'):
+        run_training(_train_cfg(tmp_path, *TINY, 'trainer.recompute_spikes=true', 'trainer.max_steps=1'))
 
 
 def test_wandb_offline_cli_run(tmp_path):

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
 
-from ..layers.saved_spikes import recompute_saved_spikes
+from ..layers.saved_spikes import RecomputeSpikesMixin
 
 __all__ = ['LinearHeadMixin', 'init_trunc_normal_', 'pooled_head']
 
@@ -30,7 +30,7 @@ def pooled_head(x: torch.Tensor, head_drop: nn.Module, head: nn.Module, pre_logi
     return x if pre_logits else head(x)
 
 
-class LinearHeadMixin:
+class LinearHeadMixin(RecomputeSpikesMixin):
     """timm's classifier API and ``forward`` for a model with ``forward_features``, ``forward_head(x, pre_logits,
     return_per_step)``, ``num_features`` and a Linear classifier ``head`` (``nn.Identity`` for 0 classes)."""
 
@@ -44,6 +44,6 @@ class LinearHeadMixin:
 
     def forward(self, x: torch.Tensor, return_per_step: bool = False):
         """``[B, C, H, W]`` or ``[B, T, C, H, W]`` -> logits ``[B, num_classes]`` (``[T, B, num_classes]`` with
-        ``return_per_step``). Spikes saved for backward are rebuilt from the neurons' potentials (saving memory)."""
-        with recompute_saved_spikes():
+        ``return_per_step``). See :meth:`set_recompute_spikes` for the spikes saved for backward."""
+        with self._saved_spikes_context(x):
             return self.forward_head(self.forward_features(x), return_per_step=return_per_step)

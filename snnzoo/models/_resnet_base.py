@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 from timm.models._features import feature_take_indices
 
-from ..layers.saved_spikes import recompute_saved_spikes
+from ..layers.saved_spikes import RecomputeSpikesMixin
 from ._heads import pooled_head
 
 __all__ = ['SpikingResNetBase']
@@ -17,7 +17,7 @@ def _select(x: torch.Tensor, return_per_step: bool) -> torch.Tensor:
     return x if return_per_step else x.mean(0)
 
 
-class SpikingResNetBase(nn.Module):
+class SpikingResNetBase(RecomputeSpikesMixin, nn.Module):
     """Subclasses define ``forward_features``, ``fc``, ``head_drop``, ``num_features`` and, for the feature API,
     ``_stem(x)`` (input -> feature 0, ``[T, B, C, H/2, W/2]``) and ``layer1..4``, and may override ``_post_stem``
     (e.g. a max-pool); networks of another shape (the DVS nets) override ``_stages``, pruning and the head."""
@@ -34,8 +34,8 @@ class SpikingResNetBase(nn.Module):
         return pooled_head(x.mean((-2, -1)), self.head_drop, self.fc, pre_logits, return_per_step)
 
     def forward(self, x: torch.Tensor, return_per_step: bool = False) -> torch.Tensor:
-        """Spikes saved for backward are rebuilt from the neurons' potentials (see :func:`recompute_saved_spikes`)."""
-        with recompute_saved_spikes():
+        """See :meth:`set_recompute_spikes` for the spikes saved for backward."""
+        with self._saved_spikes_context(x):
             return self.forward_head(self.forward_features(x), return_per_step=return_per_step)
 
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,

@@ -237,6 +237,12 @@ def _train(cfg: DictConfig, info: DistInfo) -> dict:
 
     train_set, test_set = build_dataset(data_cfg, 'train'), build_dataset(data_cfg, 'test')
     model = build_model(cfg.model).to(device)
+    if tr.get('recompute_spikes') is not None:
+        if not hasattr(model, 'set_recompute_spikes'):
+            raise ValueError(f"trainer.recompute_spikes needs a model with set_recompute_spikes (snnzoo's models); "
+                             f"{type(model).__name__} has none: wrap its forward in "
+                             f"snnzoo.layers.recompute_saved_spikes() instead, or leave the option null")
+        model.set_recompute_spikes(bool(tr.recompute_spikes))
     if info.distributed and device.type == 'cuda' and tr.get('sync_batchnorm'):
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     n_params = sum(p.numel() for p in model.parameters())
