@@ -102,16 +102,17 @@ def _unpack(packed):
 def recompute_saved_spikes(enabled: bool = True) -> Iterator[None]:
     """Within this context, spikes that autograd saves are rebuilt from the neurons' ``H`` in backward (see the
     module docstring). The models' ``forward`` enters it (see :class:`RecomputeSpikesMixin`); wrap a custom network's
-    forward in it for the same saving.
-    A no-op when ``enabled`` is False, without gradients, while ``torch.compile`` traces, and inside ``torch.func``
-    transforms (which forbid saved-tensor hooks)."""
+    forward in it for the same saving. A no-op when ``enabled`` is False, without gradients, while ``torch.compile``
+    traces, and inside ``torch.func`` transforms (which forbid saved-tensor hooks)."""
     if not enabled or not torch.is_grad_enabled() or torch.compiler.is_compiling():
         yield
         return
     hooks = torch.autograd.graph.saved_tensors_hooks(_pack, _unpack)
     try:
         hooks.__enter__()
-    except RuntimeError:
+    except RuntimeError:  # a torch.func transform is active
+        hooks = None
+    if hooks is None:
         yield
         return
     outer = _sources()
