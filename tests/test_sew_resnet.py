@@ -157,6 +157,25 @@ def test_timm_protocol():
     assert [t.shape for t in inter] == [(2, 2, 256, 4, 4), (2, 2, 512, 2, 2)]
 
 
+def test_stage_layouts_on_the_cpu():
+    """Stem and stages 1-2 on channels-last frames, stages 3-4 on NCHW, in forward and in timm's feature API alike;
+    the same values as with every frame NCHW."""
+    m = small().eval()
+    seen = []
+
+    def layout(module, args):
+        frame = args[0][0]  # [B, C, H, W] of step 0
+        seen.append((frame.is_contiguous(memory_format=torch.channels_last), args[0].is_contiguous()))
+
+    m.layer1.register_forward_pre_hook(layout)
+    m.layer3.register_forward_pre_hook(layout)
+    x = torch.rand(2, 3, 64, 64)
+    out = m.forward_features(x)
+    _, inter = m.forward_intermediates(x, indices=1, return_per_step=True)
+    assert seen == [(True, False), (False, True)] * 2   # layer1: channels-last frames; layer3: NCHW
+    assert torch.equal(inter[-1], out)
+
+
 def test_clear_errors():
     with pytest.raises(ValueError, match="connect_f 'OR'.*ADD"):
         small(connect_f='OR')

@@ -28,6 +28,10 @@ class SpikingResNetBase(RecomputeSpikesMixin, nn.Module):
     def _post_stem(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
+    def _stage_input(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """The input of stage ``index`` (1-based) from the previous output, e.g. in another memory layout."""
+        return x
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False, return_per_step: bool = False) -> torch.Tensor:
         """``[T, B, C, H, W]`` -> logits ``[B, num_classes]`` (``[T, B, num_classes]`` with ``return_per_step``);
         ``pre_logits``: the pooled features instead."""
@@ -52,7 +56,7 @@ class SpikingResNetBase(RecomputeSpikesMixin, nn.Module):
         x = self._post_stem(x)
         stages = self._stages()[:max_index] if stop_early else self._stages()
         for i, stage in enumerate(stages, start=1):
-            x = stage(x)
+            x = stage(self._stage_input(i, x))
             if i in take_indices:
                 intermediates.append(_select(x, return_per_step))
         if intermediates_only:

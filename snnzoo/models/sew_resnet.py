@@ -140,12 +140,17 @@ class SEWResNet(SpikingResNetBase):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` or ``[B, T, C, H, W]`` -> last stage's per-step output ``[T, B, num_features, H/32, W/32]``
         (with ADD: integer spike counts). The stem and the first two stages compute on channels-last frames."""
-        x = self.maxpool(self._stem(x))
-        x = self.layer2(self.layer1(x)).contiguous()
-        return self.layer4(self.layer3(x))
+        x = self._post_stem(self._stem(x))
+        for i, stage in enumerate(self._stages(), start=1):
+            x = stage(self._stage_input(i, x))
+        return x
 
     def _post_stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.maxpool(x)
+
+    def _stage_input(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """Stages 3-4 run on NCHW frames: their large 3x3 weights would be re-laid for channels-last on every call."""
+        return x.contiguous() if index == 3 else x
 
 
 class _PLIFNode(ParametricLIFNode):
