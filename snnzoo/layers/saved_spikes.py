@@ -136,4 +136,5 @@ class RecomputeSpikesMixin:
         self.recompute_spikes = enable
 
     def _saved_spikes_context(self, x: torch.Tensor):
-        return recompute_saved_spikes(x.is_cuda if self.recompute_spikes is None else self.recompute_spikes)
+        enable = self.recompute_spikes
+        return recompute_saved_spikes(torch.is_tensor(x) and x.is_cuda if enable is None else enable)
