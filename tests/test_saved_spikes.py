@@ -61,37 +61,29 @@ def test_gradients_bit_equal_and_spikes_freed(dtype, channels_last):
         assert torch.equal(a, b)
 
 
-def test_low_precision_spikes():
-    """bfloat16 input: H is float32, the spikes bfloat16; the rebuilt spikes have the spikes' dtype."""
+def _linear_weight_grads(x, after_neuron=lambda s: s):
+    """The weight gradients of LIF -> ``after_neuron`` -> Linear on ``x [T, B, 16]``, spikes stored and rebuilt."""
     torch.manual_seed(0)
-    lif, fc = LIFNode(backend='torch'), nn.Linear(16, 4).to(torch.bfloat16)
-    x = (3 * torch.rand(4, 2, 16)).to(torch.bfloat16)
+    lif, fc = LIFNode(backend='torch'), nn.Linear(16, 4).to(x.dtype)
     grads = []
     for enabled in (False, True):
-        fc.zero_grad()
         with recompute_saved_spikes(enabled):
-            out = fc(lif(x.requires_grad_()))
-        out.float().sum().backward()
-        grads.append(fc.weight.grad.clone())
-    assert torch.equal(*grads)
+            out = fc(after_neuron(lif(x.clone().requires_grad_())))
+        out.float().square().sum().backward()
+        grads.append(fc.weight.grad)
+        fc.weight.grad = None
+    assert grads[0].abs().sum() > 0
+    return grads
+
+
+def test_low_precision_spikes():
+    """bfloat16 input: H is float32, the spikes bfloat16; the rebuilt spikes have the spikes' dtype."""
+    assert torch.equal(*_linear_weight_grads((3 * torch.rand(4, 2, 16)).to(torch.bfloat16)))
 
 
 def test_spikes_modified_in_place_are_stored():
     """A spike tensor changed in place after the neuron no longer equals (H >= V_th): it is stored as usual."""
-    torch.manual_seed(0)
-    lif, fc = LIFNode(backend='torch'), nn.Linear(16, 4)
-    x = 3 * torch.rand(4, 2, 16)
-    grads = []
-    for enabled in (False, True):
-        fc.zero_grad()
-        with recompute_saved_spikes(enabled):
-            s = lif(x.clone().requires_grad_())
-            s.mul_(0.5)
-            out = fc(s)
-        out.sum().backward()
-        grads.append(fc.weight.grad.clone())
-    assert grads[0].abs().sum() > 0
-    assert torch.equal(*grads)
+    assert torch.equal(*_linear_weight_grads(3 * torch.rand(4, 2, 16), after_neuron=lambda s: s.mul_(0.5)))
 
 
 def test_nothing_registered_without_gradients():
