@@ -18,9 +18,9 @@ def _select(x: torch.Tensor, return_per_step: bool) -> torch.Tensor:
 
 
 class SpikingResNetBase(RecomputeSpikesMixin, nn.Module):
-    """Subclasses define ``forward_features``, ``fc``, ``head_drop``, ``num_features`` and, for the feature API,
-    ``_stem(x)`` (input -> feature 0, ``[T, B, C, H/2, W/2]``) and ``layer1..4``, and may override ``_post_stem``
-    (e.g. a max-pool); networks of another shape (the DVS nets) override ``_stages``, pruning and the head."""
+    """Subclasses define ``fc``, ``head_drop``, ``num_features``, ``_stem(x)`` (input -> feature 0,
+    ``[T, B, C, H/2, W/2]``) and ``layer1..4``, and may override ``_post_stem`` (e.g. a max-pool) and ``_stage_input``;
+    networks of another shape (the DVS nets) override ``forward_features``, ``_stages``, pruning and the head."""
 
     def _stages(self) -> List[nn.Module]:
         return [self.layer1, self.layer2, self.layer3, self.layer4]
@@ -30,6 +30,13 @@ class SpikingResNetBase(RecomputeSpikesMixin, nn.Module):
 
     def _stage_input(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """The input of stage ``index`` (1-based) from the previous output, e.g. in another memory layout."""
+        return x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` or ``[B, T, C, H, W]`` -> the last stage's per-step output ``[T, B, C, H/32, W/32]``."""
+        x = self._post_stem(self._stem(x))
+        for i, stage in enumerate(self._stages(), start=1):
+            x = stage(self._stage_input(i, x))
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False, return_per_step: bool = False) -> torch.Tensor:

@@ -155,10 +155,7 @@ class MSResNet(SpikingResNetBase):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` or ``[B, T, C, H, W]`` -> spikes of the final LIF ``[T, B, 512, H/32, W/32]``."""
-        x = self._stem(x)
-        for stage in self._stages():
-            x = stage(x)
-        return self.final_sn(x)
+        return self.final_sn(super().forward_features(x))
 
 
 

@@ -56,7 +56,7 @@ class SEWResNet(SpikingResNetBase):
     - stem: conv7x7/2 -> BN on the image ONCE, repeated T times (event frames ``[B, T, C, H, W]``: per step) ->
       IF -> max-pool 3x3/2 of the spikes;
     - four stages of SEW blocks (planes 64, 128, 256, 512; strides 1, 2, 2, 2); a projection (when the shape changes)
-      is conv1x1 -> BN -> IF, so the identity stays spikes;
+      is conv1x1 -> BN -> IF, so the identity stays spikes (with ADD the blocks output integer spike counts);
     - head: global average pool -> mean over T -> dropout -> fc.
 
     Neurons: IF, V_th = 1, hard reset to 0, detached reset, ATan surrogate (alpha 2) — the original's
@@ -136,14 +136,6 @@ class SEWResNet(SpikingResNetBase):
         if static:  # the original computes conv1 + bn1 once on the image and then repeats it
             x = x.expand(self.T, *x.shape[1:])
         return self.sn1(x)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, C, H, W]`` or ``[B, T, C, H, W]`` -> last stage's per-step output ``[T, B, num_features, H/32, W/32]``
-        (with ADD: integer spike counts). The stem and the first two stages compute on channels-last frames."""
-        x = self._post_stem(self._stem(x))
-        for i, stage in enumerate(self._stages(), start=1):
-            x = stage(self._stage_input(i, x))
-        return x
 
     def _post_stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.maxpool(x)
