@@ -10,6 +10,7 @@ cross-entropy + backward + SGD step on a random batch; SpikingJelly's models als
   per-process ratios of medians. Each process also times a *neuron-free ceiling*: the snnzoo model with every neuron
   replaced by a bare threshold ``x >= V_th`` (one op, identity gradient). Its ratio to SpikingJelly is the best any
   neuron implementation could reach with the same convolutions, BatchNorms and pooling.
+  The step is also split into its forward (with the loss) and the rest (backward and SGD step), timed alike.
 - Peak memory: the growth of a process's maximum resident set over its state before the first step, one process per
   implementation, the median of ``--processes`` of them (a single one varies by up to 20%).
 - Kept after forward (snnzoo only): the bytes a training forward leaves allocated for backward (the profiler's
@@ -123,28 +124,32 @@ class Trainer:
         self.x = torch.randn(CASES[case][4], *CASES[case][2])
         self.y = torch.randint(0, num_classes, (CASES[case][4],))
 
-    def step(self) -> float:
+    def step(self) -> tuple:
+        """Seconds of the forward (with the loss) and of the rest (backward, SGD step, reset)."""
         t0 = time.perf_counter()
         loss = torch.nn.functional.cross_entropy(self.forward(self.x), self.y)
+        t1 = time.perf_counter()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         self.reset()
-        return time.perf_counter() - t0
+        return t1 - t0, time.perf_counter() - t1
 
 
 def time_case(case: str, steps: int, warmup: int = 2) -> dict:
-    """Step times (ms) of snnzoo, SpikingJelly and the neuron-free ceiling, their steps interleaved."""
+    """Step times (ms) of snnzoo, SpikingJelly and the neuron-free ceiling, their steps interleaved; also per phase
+    (``<name>_forward``: forward and loss; ``<name>_backward``: backward and SGD step)."""
     zoo = build('snnzoo', case, 10)
     trainers = {'snnzoo': Trainer(*zoo, case), 'spikingjelly': Trainer(*build('spikingjelly', case, 10), case)}
     ceiling = without_neurons(zoo[0])
     trainers['neuron_free_ceiling'] = Trainer(ceiling, ceiling, lambda: None, case)
-    times = {name: [] for name in trainers}
+    times = {name + phase: [] for name in trainers for phase in ('', '_forward', '_backward')}
     for i in range(warmup + steps):
         for name, trainer in trainers.items():
-            elapsed = trainer.step()
+            forward, backward = trainer.step()
             if i >= warmup:
-                times[name].append(elapsed)
+                for phase, elapsed in (('', forward + backward), ('_forward', forward), ('_backward', backward)):
+                    times[name + phase].append(elapsed)
     return {name: [1e3 * t for t in ts] for name, ts in times.items()}
 
 
@@ -228,12 +233,15 @@ def main():
             if 'error' in timing:
                 row[impl]['error'] = timing['error']
             else:
-                row[impl]['step_ms'] = timing[impl]
+                row[impl].update(step_ms=timing[impl], forward_ms=timing[impl + '_forward'],
+                                 backward_ms=timing[impl + '_backward'])
         if not any('error' in row[impl] for impl in IMPLS):
             row['neuron_free_ceiling_ms'] = timing['neuron_free_ceiling']
             row['time_ratio'] = row['snnzoo']['step_ms'] / row['spikingjelly']['step_ms']
             row['time_ratio_quartiles'] = timing['time_ratio_quartiles']
             row['time_ratio_per_process'] = timing['time_ratio_per_process']
+            for phase in ('forward', 'backward'):
+                row[f'{phase}_time_ratio'] = row['snnzoo'][f'{phase}_ms'] / row['spikingjelly'][f'{phase}_ms']
             row['ceiling_time_ratio'] = timing['neuron_free_ceiling'] / row['spikingjelly']['step_ms']
             row['memory_ratio'] = row['snnzoo']['peak_mem_mb'] / row['spikingjelly']['peak_mem_mb']
         rows.append(row)
@@ -252,7 +260,8 @@ def print_row(row):
         q1, _, q3 = row['time_ratio_quartiles']
         per_process = row['time_ratio_per_process']
         ratios = (f"time x{row['time_ratio']:.2f} (rounds x{q1:.2f}-{q3:.2f}, processes x{min(per_process):.2f}-"
-                  f"{max(per_process):.2f}; neuron-free ceiling x{row['ceiling_time_ratio']:.2f}) "
+                  f"{max(per_process):.2f}; forward x{row['forward_time_ratio']:.2f}, backward "
+                  f"x{row['backward_time_ratio']:.2f}; neuron-free ceiling x{row['ceiling_time_ratio']:.2f}) "
                   f"mem x{row['memory_ratio']:.2f}")
     kept = row['snnzoo'].get('kept_after_forward_mb', {})
     if 'spikes_rebuilt' in kept:
