@@ -20,7 +20,8 @@ from timm.models import build_model_with_cfg
 
 from ._checkpoint import load_checkpoint
 
-__all__ = ['build_snn_model', 'resolve_pretrained', 'verify_sha256', 'sha256_of', 'weights_search_path']
+__all__ = ['build_snn_model', 'resolve_pretrained', 'load_pretrained_state_dict', 'read_verified', 'verify_sha256',
+           'sha256_of', 'weights_search_path']
 
 _HASH = re.compile(r'-([a-f0-9]{8,64})\.safetensors$')
 REPO_CHECKPOINTS = Path(__file__).resolve().parents[2] / 'checkpoints'
@@ -43,23 +44,43 @@ def sha256_of(path) -> str:
     return h.hexdigest()
 
 
+def _expected_prefix(path: Path, required: bool = True) -> Optional[str]:
+    m = _HASH.search(path.name)
+    if m is None and required:
+        raise ValueError(f"weight file {path.name!r} carries no sha256 prefix "
+                         f"('<name>-<at least 8 hex digits>.safetensors'); refusing to load unverified weights")
+    return m.group(1) if m else None
+
+
+def read_verified(path, expected_prefix: Optional[str] = None, required: bool = True,
+                  remove_on_mismatch: bool = False) -> bytes:
+    """The file's bytes, read once, after checking that their sha256 starts with the prefix in its name (or
+    ``expected_prefix``): load these bytes (``safetensors.torch.load``), not the file again, so that what is loaded is
+    exactly what was hashed. ``required=False`` returns a file whose name carries no hash unchecked."""
+    path = Path(path)
+    expected_prefix = expected_prefix or _expected_prefix(path, required)
+    data = path.read_bytes()
+    if expected_prefix is not None:
+        _check_digest(path, hashlib.sha256(data).hexdigest(), expected_prefix, remove_on_mismatch)
+    return data
+
+
 def verify_sha256(path, expected_prefix: Optional[str] = None, remove_on_mismatch: bool = False) -> str:
     """Check that the file's sha256 starts with the prefix in its name (or ``expected_prefix``); returns the digest."""
     path = Path(path)
-    if expected_prefix is None:
-        m = _HASH.search(path.name)
-        if m is None:
-            raise ValueError(f"weight file {path.name!r} carries no sha256 prefix "
-                             f"('<name>-<at least 8 hex digits>.safetensors'); refusing to load unverified weights")
-        expected_prefix = m.group(1)
+    expected_prefix = expected_prefix or _expected_prefix(path)
     digest = sha256_of(path)
+    _check_digest(path, digest, expected_prefix, remove_on_mismatch)
+    return digest
+
+
+def _check_digest(path: Path, digest: str, expected_prefix: str, remove_on_mismatch: bool) -> None:
     if not digest.startswith(expected_prefix):
         if remove_on_mismatch:
             path.unlink(missing_ok=True)
         raise RuntimeError(f"sha256 mismatch for {path}: expected {expected_prefix}..., got {digest}; the file is "
                            f"corrupt or not the published weight" + (" and was removed from the cache; retry to "
                                                                     "download it again" if remove_on_mismatch else ""))
-    return digest
 
 
 def _download(url: str, dest: Path) -> None:
@@ -116,6 +137,19 @@ def resolve_pretrained(pretrained_cfg: dict, model_name: str = 'model') -> Path:
                             f"{[str(d) for d in weights_search_path()]} (or set SNNZOO_WEIGHTS to its folder)")
 
 
+def load_pretrained_state_dict(pretrained_cfg: dict, model_name: str = 'model') -> dict:
+    """The tensors of the weight file ``pretrained_cfg`` names, loaded from the very bytes whose sha256 was checked."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+    path = resolve_pretrained(pretrained_cfg, model_name)
+    data = read_verified(path, remove_on_mismatch=path.parent == cache_dir())
+    try:
+        return load(data)
+    except SafetensorError as e:
+        raise RuntimeError(f"weight file {str(path)!r} ({len(data)} bytes) matches its sha256 but is not a valid "
+                           f"safetensors file ({e}); it was published broken: report it") from e
+
+
 def build_snn_model(model_cls: Callable[..., nn.Module], variant: str, pretrained: bool = False,
                     pretrained_filter_fn: Optional[Callable] = None, **kwargs) -> nn.Module:
     """timm's ``build_model_with_cfg`` plus hash-checked loading of snnzoo's published weights.
@@ -127,9 +161,7 @@ def build_snn_model(model_cls: Callable[..., nn.Module], variant: str, pretraine
                                  **kwargs)
     if pretrained:
         cfg = model.pretrained_cfg
-        path = resolve_pretrained(cfg, variant)
-        from safetensors.torch import load_file
-        state_dict = load_file(str(path))
+        state_dict = load_pretrained_state_dict(cfg, variant)
         classifier = cfg.get('classifier')
         own = model.state_dict()
         if classifier and any(k.startswith(classifier + '.') and (k not in own or own[k].shape != v.shape)

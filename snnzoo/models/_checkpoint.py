@@ -11,6 +11,7 @@ the original's parameter names to snnzoo's and drops, by name, the parameters th
 """
 import argparse
 import os
+import pickle
 import sys
 from collections.abc import Mapping
 from typing import Union
@@ -18,7 +19,7 @@ from typing import Union
 import torch
 import torch.nn as nn
 
-__all__ = ['load_checkpoint', 'read_state_dict', 'filter_checkpoint']
+__all__ = ['load_checkpoint', 'read_state_dict', 'filter_checkpoint', 'check_state_dict_fits']
 
 _WRAPPER_KEYS = ('model', 'state_dict', 'model_state_dict', 'module')
 
@@ -26,18 +27,36 @@ _WRAPPER_KEYS = ('model', 'state_dict', 'model_state_dict', 'module')
 def read_state_dict(path: Union[str, os.PathLike], use_ema: bool = False) -> dict:
     """Read a state_dict from a safetensors or (weights-only) torch file; unwrap and strip ``module.``."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"checkpoint {path!r} is a folder, not a weights file: give the file inside it "
+                                f"(model.safetensors, checkpoints/last.pt or the original .pth); to rebuild a whole "
+                                f"run use snnzoo-eval checkpoint={path} or snnzoo.train.checkpoint.load_trained_model")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise ValueError(f"checkpoint {path!r} is empty (0 bytes): the save that wrote it was interrupted or the "
+                         f"copy failed; copy or download the file again")
     if path.endswith('.safetensors'):
-        from safetensors.torch import load_file
-        return load_file(path)
+        from safetensors import SafetensorError
+        from safetensors.torch import load
+        with open(path, 'rb') as f:
+            data = f.read()
+        try:
+            return load(data)
+        except SafetensorError as e:
+            raise ValueError(f"safetensors file {path!r} ({size} bytes) is truncated or corrupt ({e}); copy or "
+                             f"download it again") from e
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # pickle.UnpicklingError and friends: report what to do
-        raise RuntimeError(f"could not read {path!r} as a weights-only checkpoint ({e}). snnzoo never unpickles "
-                           f"arbitrary objects from a checkpoint; re-save its state_dict with torch.save(sd, path) "
-                           f"from a trusted environment") from e
+    except pickle.UnpicklingError as e:
+        raise RuntimeError(f"{path!r} holds pickled objects other than tensors and plain containers, which snnzoo "
+                           f"never unpickles ({e}). If it is your own file, load it yourself and save only its "
+                           f"state_dict: torch.save(model.state_dict(), path)") from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise RuntimeError(f"checkpoint {path!r} ({size} bytes) is truncated or corrupt and cannot be read ({e}); "
+                           f"copy or download it again") from e
     return unwrap_state_dict(obj, use_ema=use_ema)
 
 
@@ -75,6 +94,14 @@ def load_checkpoint(model: nn.Module, path_or_state_dict, strict: bool = True, u
     else:
         sd = read_state_dict(path_or_state_dict, use_ema=use_ema)
     sd = filter_checkpoint(sd, model)
+    check_state_dict_fits(model, sd, strict=strict)
+    model.load_state_dict(sd, strict=strict)
+    return model
+
+
+def check_state_dict_fits(model: nn.Module, sd: Mapping, strict: bool = True) -> None:
+    """Raise a ``RuntimeError`` listing the missing and unexpected keys and the shape mismatches when ``sd`` does not
+    fit ``model`` (another architecture or configuration)."""
     own = model.state_dict()
     mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                   for k, v in sd.items() if k in own and own[k].shape != v.shape]
@@ -89,5 +116,3 @@ def load_checkpoint(model: nn.Module, path_or_state_dict, strict: bool = True, u
                 lines.append(f"  {title} ({len(keys)}): {shown}")
         lines.append("  check the model name and its configuration (embed_dim, depth, num_classes, ...)")
         raise RuntimeError('\n'.join(lines))
-    model.load_state_dict(sd, strict=strict)
-    return model

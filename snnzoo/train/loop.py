@@ -21,7 +21,8 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpoint import (CheckpointError, capture_rng_state, export_model, load_exported, load_training_state,
+from ..models._checkpoint import check_state_dict_fits
+from .checkpoint import (CheckpointError, capture_rng_state, export_model, load_trained_model, load_training_state,
                          restore_rng_state, save_training_state)
 from .distributed import (DistInfo, ShardedSampler, all_gather_object, all_reduce_sum, barrier, broadcast_object,
                           cleanup, init_distributed)
@@ -294,6 +295,13 @@ def _train(cfg: DictConfig, info: DistInfo) -> dict:
     start_step, last_metrics = 0, {}
     if cfg.get('ckpt_path'):
         state = load_training_state(cfg.ckpt_path)
+        try:
+            check_state_dict_fits(model, state['model'])
+        except RuntimeError as e:
+            raise CheckpointError(
+                f"{cfg.ckpt_path} was written for another model configuration than this run's ({e}); resume with "
+                f"the model settings the checkpoint was trained with, or start a new run from its weights with "
+                f"model.checkpoint={cfg.ckpt_path} instead of ckpt_path") from e
         model.load_state_dict(state['model'])
         optimizer.load_state_dict(state['optimizer'])
         scheduler.load_state_dict(state['scheduler'])
@@ -487,25 +495,18 @@ def _evaluate(cfg: DictConfig, info: DistInfo) -> dict:
     device = info.device
     from snnzoo.layers import set_backend
     path = Path(cfg.checkpoint)
-    if path.suffix == '.pt':
-        state = load_training_state(path)
-        train_cfg = OmegaConf.create(state['config'])
-        model = build_model(OmegaConf.merge(train_cfg.model, {'checkpoint': None}))
-        use_ema = state.get('ema') is not None and cfg.get('use_ema', True)
-        weights = ({k[len('module.'):]: v for k, v in state['ema'].items()} if use_ema else state['model'])
-        model.load_state_dict(weights)
-        data_cfg = train_cfg.data
-    else:
-        model, config = load_exported(path)
-        data_cfg = OmegaConf.create(config.get('snnzoo', {}).get('data') or {})
+    trained = load_trained_model(path, trust_config=bool(cfg.get('trust_config', False)),
+                                 use_ema=cfg.get('use_ema', True))
+    model = trained.model
     if cfg.get('backend'):
         set_backend(model, cfg.backend)
-    if cfg.get('data') is not None:
-        data_cfg = cfg.data
-    if not data_cfg:
-        raise CheckpointError(f"{path} records no data set; choose one, e.g. snnzoo-eval checkpoint={path} data=digits")
     model.to(device)
-    test_set = build_dataset(data_cfg, 'test')
+    if cfg.get('data') is not None:  # the command line's data group: the user's own config
+        data_cfg = cfg.data
+        test_set = build_dataset(data_cfg, 'test')
+    else:
+        data_cfg = OmegaConf.create({'num_workers': 0})
+        test_set = trained.build_test_set()
     loader = _loader(test_set, int(cfg.get('batch_size', 256)),
                      ShardedSampler(len(test_set), info.world_size, info.rank, shuffle=False), data_cfg, device,
                      0, drop_last=False)
