@@ -12,13 +12,14 @@ import hashlib
 import os
 import re
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Optional
 
+import torch
 import torch.nn as nn
-from timm.models import build_model_with_cfg
+from timm.models import build_model_with_cfg, resolve_pretrained_cfg
 
-from ._checkpoint import load_checkpoint
 
 __all__ = ['build_snn_model', 'resolve_pretrained', 'load_pretrained_state_dict', 'read_verified', 'verify_sha256',
            'sha256_of', 'weights_search_path']
@@ -150,26 +151,31 @@ def load_pretrained_state_dict(pretrained_cfg: dict, model_name: str = 'model') 
                            f"safetensors file ({e}); it was published broken: report it") from e
 
 
+def _on_device(model_cls: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """``model_cls`` taking timm's ``device=`` / ``dtype=``: parameters and buffers are created on ``device`` (the meta
+    device included) and floating-point ones converted to ``dtype``."""
+    def build(*args, device=None, dtype=None, **kwargs) -> nn.Module:
+        with torch.device(device) if device is not None else nullcontext():
+            model = model_cls(*args, **kwargs)
+        return model if dtype is None else model.to(dtype=dtype)
+    return build
+
+
 def build_snn_model(model_cls: Callable[..., nn.Module], variant: str, pretrained: bool = False,
                     pretrained_filter_fn: Optional[Callable] = None, **kwargs) -> nn.Module:
-    """timm's ``build_model_with_cfg`` plus hash-checked loading of snnzoo's published weights.
-
-    With ``pretrained=True`` and a ``num_classes`` other than the weight's (0 included), the classifier is left as
-    built.
-    """
-    model = build_model_with_cfg(model_cls, variant, pretrained=False, pretrained_filter_fn=pretrained_filter_fn,
-                                 **kwargs)
+    """timm's ``build_model_with_cfg`` (``device=`` / ``dtype=``, ``features_only=True`` ...) with snnzoo's published
+    weights: with ``pretrained=True`` the weight file is found, read once and its sha256 verified
+    (:func:`load_pretrained_state_dict`); timm's own loader takes those tensors before any feature wrapper is built,
+    adapting the first conv to another ``in_chans`` and dropping the classifier for another ``num_classes`` (0
+    included)."""
+    overlay = dict(kwargs.pop('pretrained_cfg_overlay', None) or {})
     if pretrained:
-        cfg = model.pretrained_cfg
-        state_dict = load_pretrained_state_dict(cfg, variant)
-        classifier = cfg.get('classifier')
-        own = model.state_dict()
-        if classifier and any(k.startswith(classifier + '.') and (k not in own or own[k].shape != v.shape)
-                              for k, v in state_dict.items()):
-            state_dict = {k: v for k, v in state_dict.items() if not k.startswith(classifier + '.')}
-            state_dict.update({k: v for k, v in own.items() if k.startswith(classifier + '.')})
-        load_checkpoint(model, state_dict)
-    return model
+        cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
+                                     pretrained_cfg_overlay=overlay).to_dict()
+        if not cfg.get('state_dict'):  # the tensors of the very bytes that were hashed, not a path to re-read
+            overlay['state_dict'] = load_pretrained_state_dict(cfg, variant)
+    return build_model_with_cfg(_on_device(model_cls), variant, pretrained=pretrained,
+                                pretrained_filter_fn=pretrained_filter_fn, pretrained_cfg_overlay=overlay, **kwargs)
 
 
 def save_pretrained(model: nn.Module, out_dir, tag: str, model_args: Optional[dict] = None) -> Path:

@@ -171,6 +171,9 @@ TRUST_HINT = ("if you wrote this checkpoint yourself and trust it, opt in on the
 # The only callables a stored data config may name: snnzoo's own data builders, looked up here by their exact
 # string (the string is a key of this table, nothing is imported from it).
 _DATA_BUILDERS = ('snnzoo.data.build_dataset', 'snnzoo.data.build_transforms', 'snnzoo.data.build_event_transforms')
+# The data set options (build_dataset's **opts) a stored config may set; not download / cache_dir, which write files.
+_DATASET_OPTS = ('test_size', 'seed', 'img_size', 'T', 'split_by', 'cache', 'prepare', 'progress', 'split_protocol',
+                 'train_ratio', 'label_order')
 _PLAIN = (bool, int, float, str, type(None))
 
 
@@ -283,8 +286,9 @@ def _check_data(node: dict, source: Path, where: str) -> dict:
     for key, value in node.items():
         if key == '_target_':
             continue
-        if key not in params and not takes_any:
-            raise CheckpointError(f"{source}: {where}.{key} is not a parameter of {target}")
+        if key not in params and not (takes_any and (target != _DATA_BUILDERS[0] or key in _DATASET_OPTS)):
+            raise CheckpointError(f"{source}: {where}.{key} is not a parameter of {target}; remove it from the "
+                                  f"stored config or choose the data on the command line (data=<name>)")
         if isinstance(value, dict):
             out[key] = _check_data(value, source, f"{where}.{key}")
         else:
@@ -405,7 +409,7 @@ def load_trained_model(path: Union[str, os.PathLike], trust_config: bool = False
         raise CheckpointError(f"{config_file}: its model / data entries are not mappings; re-export the model")
 
     test_cfg = (data_cfg or {}).get('test')
-    targets = _targets(model_cfg) + [(k, v) for k, v in _targets(test_cfg, 'data.test') if v not in _DATA_BUILDERS]
+    targets = _targets(model_cfg, 'model') + [(k, v) for k, v in _targets(test_cfg, 'data.test') if v not in _DATA_BUILDERS]
     if targets and not trust_config:
         raise _refuse(config_file, targets)
     if targets:

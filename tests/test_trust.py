@@ -1,0 +1,285 @@
+"""Trust (SPEC section 10): nothing read from a file runs code, what is loaded is what was hashed, and every bad input
+gets an error that names the problem, the file and the fix.
+
+The attacks are live: each ``_target_`` chain below creates a marker file when Hydra builds it (checked with
+``trust_config=True``), and every entry point that reads a checkpoint must leave the marker absent.
+"""
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import yaml
+
+pytest.importorskip('hydra')
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+import snnzoo  # noqa: E402
+from snnzoo.layers import LIFNode, MultiStep, to_time_major  # noqa: E402
+from snnzoo.train import checkpoint as ckpt_mod  # noqa: E402
+from snnzoo.train.checkpoint import (CheckpointError, ConfigRefusedError, export_model,  # noqa: E402
+                                     load_trained_model, load_training_state, save_training_state)
+from snnzoo.train.loop import run_evaluation, run_training  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / 'configs'
+DIGITS = 'spikformer_1_64_digits'
+
+
+def _compose(overrides, name='train'):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base='1.3'):
+        return compose(config_name=name, overrides=list(overrides))
+
+
+def _train_cfg(out, *overrides):
+    return _compose([f'paths.output_dir={out}', 'trainer.progress_bar=false', 'trainer.device=cpu',
+                     'energy.enabled=false', *overrides])
+
+
+def _eval_cfg(checkpoint, out, *overrides):
+    return _compose([f'checkpoint={checkpoint}', f'paths.output_dir={out}', 'energy.enabled=false', *overrides],
+                    name='eval')
+
+
+class TinyCustom(nn.Module):
+    """A user's own model (not registered): only ``trust_config=true`` may rebuild it from a stored ``_target_``."""
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 1, T: int = 2):
+        super().__init__()
+        self.T, self.in_chans = T, in_chans
+        self.conv = MultiStep(nn.Conv2d(in_chans, 4, 3, padding=1))
+        self.lif = LIFNode(backend='torch')
+        self.head = nn.Linear(4 * 64, num_classes)
+
+    def forward(self, x):
+        return self.head(self.lif(self.conv(to_time_major(x, self.T, self.in_chans))).flatten(2)).mean(0)
+
+
+# --- the attack: _target_ chains of plain-library callables, each creating `marker` when built ----------------------
+
+def _chains(tmp: Path, marker: Path) -> dict:
+    payload = tmp / 'payload.txt'
+    pickle_text = f"c__builtin__\nopen\n(V{marker}\nVw\ntR."  # a protocol-0 pickle that calls open(marker, 'w')
+    write_payload = {'_target_': 'pathlib.Path.write_text',
+                     '_args_': [{'_target_': 'pathlib.Path', '_args_': [str(payload)]}, pickle_text]}
+    return {
+        'write_text': {'_target_': 'pathlib.Path.write_text',
+                       '_args_': [{'_target_': 'pathlib.Path', '_args_': [str(marker)]}, 'pwned']},
+        'numpy_unpickle': {'_target_': 'builtins.dict', 'a': write_payload,
+                           'b': {'_target_': 'numpy.load', 'file': str(payload), 'allow_pickle': True}},
+        'torch_load': {'_target_': 'builtins.dict', 'a': write_payload,
+                       'b': {'_target_': 'torch.load', 'f': str(payload), 'weights_only': False}},
+        'builtins_open': {'_target_': 'builtins.open', 'file': str(marker), 'mode': 'w'},
+        'shutil_copyfile': {'_target_': 'shutil.copyfile', 'src': __file__, 'dst': str(marker)},
+        'partial': {'_target_': 'functools.partial', '_args_': [
+            {'_target_': 'hydra.utils.get_method', 'path': 'pathlib.Path.touch'}, str(marker)]},
+    }
+
+
+CHAINS = ['write_text', 'numpy_unpickle', 'torch_load', 'builtins_open', 'shutil_copyfile', 'partial']
+LIVE = CHAINS[:-1]  # the partial is refused all the same; it is never called
+
+
+@pytest.fixture(scope='module')
+def run_dir(tmp_path_factory) -> Path:
+    """A genuine run of the main job (1 optimizer step): checkpoints/last.pt, model.safetensors, config.json."""
+    out = tmp_path_factory.mktemp('run')
+    run_training(_train_cfg(out, 'trainer.max_steps=1'))
+    return out
+
+
+def _plant(run_dir: Path, tmp: Path, form: str, chain: dict) -> Path:
+    """A copy of the genuine run whose stored config carries ``chain`` in the place ``form`` names."""
+    dst = tmp / 'planted'
+    shutil.copytree(run_dir, dst)
+    if form.startswith('pt'):
+        path = dst / 'checkpoints' / 'last.pt'
+        state = load_training_state(path)
+        config = yaml.safe_load(state['config'])
+        if form == 'pt_model':
+            config['model'] = dict(chain, num_classes=10)
+        else:
+            config['data']['test'] = chain
+        state['config'] = yaml.safe_dump(config)
+        save_training_state(path, state)
+        torch.load(path, weights_only=True)  # the planted file is plain data: torch's safe loader accepts it
+        return path
+    path = dst / 'config.json'
+    config = json.loads(path.read_text())
+    if form == 'json_model':
+        config['architecture'] = None
+        config['snnzoo']['model'] = chain
+    elif form == 'json_kwarg':
+        config['model_args']['num_classes'] = chain
+    elif form == 'json_data':
+        config['snnzoo']['data']['test'] = chain
+    elif form == 'json_transform':
+        config['snnzoo']['data']['test']['transform'] = chain
+    path.write_text(json.dumps(config))
+    return dst
+
+
+FORMS = ['pt_model', 'pt_data', 'json_model', 'json_kwarg', 'json_data', 'json_transform']
+
+
+@pytest.mark.parametrize('form', FORMS)
+@pytest.mark.parametrize('chain', CHAINS)
+def test_stored_target_chains_are_refused(run_dir, tmp_path, form, chain):
+    marker = tmp_path / 'marker'
+    planted = _plant(run_dir, tmp_path, form, _chains(tmp_path, marker)[chain])
+    with pytest.raises(ConfigRefusedError, match=r'(?s)stored config was refused.*trust_config=true'):
+        load_trained_model(planted)
+    assert not marker.exists() and not (tmp_path / 'payload.txt').exists()
+
+
+@pytest.mark.parametrize('chain', LIVE)
+def test_the_chains_are_live_with_the_opt_in(run_dir, tmp_path, chain, capsys):
+    """The refused chains do run code once trusted: the refusal, not their harmlessness, keeps the marker away."""
+    marker = tmp_path / 'marker'
+    planted = _plant(run_dir, tmp_path, 'json_model', _chains(tmp_path, marker)[chain])
+    with pytest.raises(Exception):  # the chain's result is no model
+        load_trained_model(planted, trust_config=True)
+    assert marker.exists()
+    assert 'trust_config=true: building' in capsys.readouterr().err
+
+
+def test_snnzoo_eval_refuses_planted_configs(run_dir, tmp_path):
+    marker = tmp_path / 'marker'
+    chains = _chains(tmp_path, marker)
+    for form in ('pt_model', 'json_model', 'json_data'):
+        planted = _plant(run_dir, tmp_path / form, form, chains['numpy_unpickle'])
+        with pytest.raises(ConfigRefusedError, match='trust_config=true'):
+            run_evaluation(_eval_cfg(planted, tmp_path / 'eval'))
+    planted = _plant(run_dir, tmp_path / 'cli', 'pt_model', chains['torch_load'])
+    proc = subprocess.run([sys.executable, '-c', 'from snnzoo.train.cli import evaluate; evaluate()', f'checkpoint={planted}',
+                           f'hydra.run.dir={tmp_path / "eval_cli"}', 'energy.enabled=false'],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert 'stored config was refused' in proc.stderr and 'trust_config=true' in proc.stderr, proc.stderr[-2000:]
+    assert not marker.exists() and not (tmp_path / 'payload.txt').exists()
+
+
+def test_genuine_runs_still_evaluate(run_dir, tmp_path):
+    """The stored data config of a real run (snnzoo.data.build_dataset) is data: evaluation needs no opt-in."""
+    a = run_evaluation(_eval_cfg(run_dir, tmp_path / 'a'))
+    b = run_evaluation(_eval_cfg(run_dir / 'checkpoints' / 'last.pt', tmp_path / 'b'))
+    assert a['n_test'] == b['n_test'] == 360 and a['test_acc'] == pytest.approx(b['test_acc'], abs=1e-9)
+
+
+def test_other_entry_points_never_read_the_stored_config(run_dir, tmp_path, monkeypatch):
+    """snnzoo-energy, snnzoo-convert, load_checkpoint, snnzoo-train ckpt_path= and pretrained=True with a planted
+    config.json: the weights are used, the config's chains never run."""
+    from snnzoo.energy.cli import main as energy_main
+    from snnzoo.models.convert import main as convert_main
+    marker = tmp_path / 'marker'
+    chains = _chains(tmp_path, marker)
+    last = _plant(run_dir, tmp_path / 'pt', 'pt_model', chains['numpy_unpickle'])
+    folder = _plant(run_dir, tmp_path / 'json', 'json_model', chains['torch_load'])
+    cfg = _train_cfg(tmp_path / 'x')
+    args = [f"{k}={v}" for k, v in cfg.model.kwargs.items()]
+    assert energy_main([cfg.model.name, '--checkpoint', str(last), '--model-args', *args, '--no-plot',
+                        '--out', str(tmp_path / 'energy')]) == 0
+    assert energy_main([cfg.model.name, '--checkpoint', str(folder / 'model.safetensors'), '--model-args', *args,
+                        '--no-plot', '--out', str(tmp_path / 'energy')]) == 0
+    kwargs = json.dumps(dict(cfg.model.kwargs))
+    assert convert_main([cfg.model.name, str(last), '--tag', 'x', '--out', str(tmp_path / 'conv'),
+                         '--model-args', kwargs]) == 0
+    model = snnzoo.create_model(cfg.model.name, **cfg.model.kwargs)
+    snnzoo.load_checkpoint(model, last)
+    snnzoo.load_checkpoint(model, folder / 'model.safetensors')
+    run_training(_train_cfg(tmp_path / 'resume', 'trainer.max_steps=2', f'ckpt_path={last}'))
+    # pretrained=True beside a planted config.json
+    weights = tmp_path / 'weights'
+    weights.mkdir()
+    published = snnzoo.create_model(DIGITS).pretrained_cfg['file']
+    shutil.copy(ROOT / 'checkpoints' / published, weights / published)
+    config = json.loads((ROOT / 'checkpoints' / f'{DIGITS}.digits.config.json').read_text())
+    config['model_args'] = chains['builtins_open']
+    config['architecture'] = chains['write_text']
+    (weights / f'{DIGITS}.digits.config.json').write_text(json.dumps(config))
+    monkeypatch.setenv('SNNZOO_WEIGHTS', str(weights))
+    snnzoo.create_model(DIGITS, pretrained=True)
+    assert not marker.exists() and not (tmp_path / 'payload.txt').exists()
+
+
+def test_custom_models_need_the_command_line_opt_in(tmp_path, capsys):
+    model = TinyCustom().eval()
+    target = f'{__name__}.TinyCustom'
+    export_model(model, tmp_path, model_cfg={'_target_': target, 'num_classes': 10},
+                 extra={'data': {'name': 'digits', 'test': {'_target_': 'snnzoo.data.build_dataset',
+                                                            'name': 'digits', 'split': 'test'}}})
+    with pytest.raises(ConfigRefusedError, match=f'model._target_={target!r}'):
+        load_trained_model(tmp_path)
+    trained = load_trained_model(tmp_path, trust_config=True)
+    assert f'model._target_ = {target}' in capsys.readouterr().err
+    x = torch.rand(3, 1, 8, 8)
+    assert torch.equal(trained.model(x), model(x))
+    assert len(trained.build_test_set()) == 360
+
+
+@pytest.mark.parametrize('edit, message', [
+    (lambda c: c.update(architecture='os.system'), "'os.system', which is not a registered snnzoo model"),
+    (lambda c: c['model_args'].update(pretrained_cfg_overlay={'url': 'http://x'}),
+     "keyword 'pretrained_cfg_overlay' is not a parameter of Spikformer"),
+    (lambda c: c['model_args'].update(embed_dim={'a': 1}), 'must be a number, string, boolean, null or a list'),
+    (lambda c: c['snnzoo']['data']['test'].update(name='no_such_data'), "unknown data set 'no_such_data'"),
+    (lambda c: c['snnzoo']['data']['test'].update(not_a_param=1), 'data.test.not_a_param'),
+])
+def test_stored_keywords_are_checked_against_the_constructor(run_dir, tmp_path, edit, message):
+    dst = tmp_path / 'run'
+    shutil.copytree(run_dir, dst)
+    config = json.loads((dst / 'config.json').read_text())
+    edit(config)
+    (dst / 'config.json').write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=message.replace('(', r'\(').replace('[', r'\[')):
+        trained = load_trained_model(dst)
+        trained.build_test_set()
+
+
+def test_pretrained_loads_the_bytes_that_were_hashed(tmp_path, monkeypatch):
+    """A weight file swapped on disk right after a hash check is never what gets loaded: read_verified loads the
+    hashed bytes, and pretrained=True (which checks the file, then reads it once) refuses the swapped file."""
+    import hashlib
+
+    from safetensors.torch import load, load_file, save_file
+
+    from snnzoo.models import _builder
+    published = snnzoo.create_model(DIGITS).pretrained_cfg['file']
+    path = tmp_path / published
+    shutil.copy(ROOT / 'checkpoints' / published, path)
+    genuine = {k: v.clone() for k, v in load_file(path).items()}
+    evil = tmp_path / 'evil.safetensors'
+    save_file({k: torch.zeros_like(v) for k, v in genuine.items()}, evil)
+    real_sha = hashlib.sha256
+
+    class SwapAfterHash:
+        swaps = 0
+
+        def __init__(self, data=b''):
+            self.h = real_sha(data)
+
+        def update(self, data):
+            self.h.update(data)
+
+        def hexdigest(self):
+            digest = self.h.hexdigest()
+            if not SwapAfterHash.swaps:
+                shutil.copy(evil, path)  # the attacker's swap, just after the check
+                SwapAfterHash.swaps += 1
+            return digest
+    monkeypatch.setattr(_builder.hashlib, 'sha256', SwapAfterHash)
+    state = load(_builder.read_verified(path))
+    assert all(torch.equal(state[k], genuine[k]) for k in genuine)
+
+    shutil.copy(ROOT / 'checkpoints' / published, path)
+    SwapAfterHash.swaps = 0
+    monkeypatch.setenv('SNNZOO_WEIGHTS', str(tmp_path))
+    with pytest.raises(RuntimeError, match='sha256 mismatch'):
+        snnzoo.create_model(DIGITS, pretrained=True)
+    assert SwapAfterHash.swaps == 1
