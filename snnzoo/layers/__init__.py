@@ -12,10 +12,11 @@ from .projection import apply_projection, create_projection
 from .qk_attention import ChannelQKAttention, TokenQKAttention
 from .residual import MSBasicBlock, SEWBasicBlock, SEWBottleneck, sew_connect
 from .sdsa import SpikeDrivenSelfAttention
+from .qcfs import QCFS
 
 __all__ = ['reset_net', 'set_backend', 'set_stateful', 'BACKENDS', 'BaseNode', 'IFNode', 'LIFNode', 'NeuronConfig',
            'ParametricLIFNode', 'neuron_multistep', 'recompute_saved_spikes', 'SURROGATES', 'spike_fn',
            'surrogate_grad', 'MultiStep', 'channels_last_frames', 'to_time_major', 'SpikingSelfAttention',
            'DropPath', 'SpikingMlp', 'SpikingConvStage', 'SpikingPatchSplitting', 'SpikingTokenizer',
            'apply_projection', 'create_projection', 'ChannelQKAttention', 'TokenQKAttention', 'MSBasicBlock',
-           'SEWBasicBlock', 'SEWBottleneck', 'sew_connect', 'SpikeDrivenSelfAttention']
+           'SEWBasicBlock', 'SEWBottleneck', 'sew_connect', 'SpikeDrivenSelfAttention', 'QCFS']
