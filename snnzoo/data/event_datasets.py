@@ -87,7 +87,8 @@ class EventFrameDataset(Dataset):
         self.transform, self.target_transform = transform, target_transform
         self.samples: List[EventSample] = []
         settings = dict(root=str(self.root), T=T, split_by=split_by, sensor_size=list(self.sensor_size))
-        self.cache = FrameCache(cache_dir or default_cache_dir(), self.name, settings) if cache else None
+        self.cache = (FrameCache(cache_dir or default_cache_dir(), self.name, settings,
+                                 frame_shape=(T, 2, *self.sensor_size)) if cache else None)
 
     def read_events(self, sample: EventSample) -> Dict[str, np.ndarray]:
         raise NotImplementedError
@@ -273,7 +274,7 @@ class DVS128Gesture(EventFrameDataset):
         aedat = sample.sources[0]
         cached_path, events = self._trial_cache
         if cached_path != aedat:
-            events = read_aedat31(aedat)
+            events = read_aedat31(aedat, self.sensor_size)
             self._trial_cache = (aedat, events)
         start, end = self._rows[sample.name]
         mask = (events['t'] >= start) & (events['t'] < end)

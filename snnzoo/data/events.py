@@ -2,7 +2,8 @@
 
 Every reader returns the events of one file as a dict of equal-length numpy arrays ``{'t', 'x', 'y', 'p'}``
 (timestamps in microseconds as int64, pixel coordinates, polarity 0/1), the layout SpikingJelly's readers use,
-and raises :class:`EventFileError` naming the file when it is truncated, corrupt or in another format.
+and raises :class:`EventFileError` naming the file when it is truncated, corrupt (coordinates outside the sensor,
+timestamps out of order where the format records events in time order), empty, or in another format.
 The readers are vectorised numpy and decode exactly what SpikingJelly 2.0's readers decode
 (``spikingjelly.datasets.utils.load_ATIS_bin`` / ``load_aedat_v3``, ``cifar10_dvs._load_origin_data``; the
 tests compare them), adding the integrity checks those lack; SpikingJelly is not needed to read files.
@@ -10,7 +11,7 @@ tests compare them), adding the integrity checks those lack; SpikingJelly is not
 import re
 import struct
 from pathlib import Path
-from typing import Dict, Union
+from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 
@@ -18,6 +19,7 @@ __all__ = ['EventFileError', 'read_nmnist_bin', 'read_aedat2', 'read_aedat31', '
 
 Events = Dict[str, np.ndarray]
 PathLike = Union[str, Path]
+NMNIST_SENSOR = (34, 34)
 
 
 class EventFileError(ValueError):
@@ -54,7 +56,23 @@ def read_nmnist_bin(path: PathLike) -> Events:
                                    f"({raw.size % 5} bytes left over): the file is truncated or not an N-MNIST .bin")
     ev = raw.reshape(-1, 5).astype(np.uint32)
     t = ((ev[:, 2] & 0x7F) << 16) | (ev[:, 3] << 8) | ev[:, 4]
+    _check_events(path, t, ev[:, 0], ev[:, 1], NMNIST_SENSOR)
     return _events(t, ev[:, 0], ev[:, 1], ev[:, 2] >> 7)
+
+
+def _check_events(path: PathLike, t: np.ndarray, x: np.ndarray, y: np.ndarray, sensor) -> None:
+    """Coordinates inside the ``(height, width)`` sensor and timestamps in recording order, else the file is corrupt."""
+    if x.size and (x.max() >= sensor[1] or y.max() >= sensor[0]):
+        i = int(np.argmax((x >= sensor[1]) | (y >= sensor[0])))
+        raise EventFileError(path, f"event {i} at x={int(x[i])}, y={int(y[i])} lies outside the {sensor[0]} x "
+                                   f"{sensor[1]} sensor (height x width): the file is corrupt or from another sensor")
+    if t.size > 1:
+        back = np.flatnonzero(np.diff(t.astype(np.int64)) < 0)
+        if back.size:
+            i = int(back[0]) + 1
+            raise EventFileError(path, f"the timestamp of event {i} ({int(t[i])} us) is earlier than that of the event "
+                                       f"before it ({int(t[i - 1])} us): the file is corrupt (events are recorded "
+                                       f"in time order)")
 
 
 def _aedat_version(raw: bytes, path: PathLike) -> str:
@@ -84,6 +102,9 @@ def read_aedat2(path: PathLike) -> Events:
             raise EventFileError(path, "the header has no end of line: the file is truncated inside its header")
         start = end + 1
     body = len(raw) - start
+    if body == 0:
+        raise EventFileError(path, "the file holds a header and no events: the recording is empty or was truncated "
+                                   "after its header; restore it from the original archive")
     if body % 8:
         raise EventFileError(path, f"{body} bytes of events after the header is not a whole number of 8-byte "
                                    f"AEDAT 2.0 events ({body % 8} bytes left over): the file is truncated or corrupt")
@@ -96,7 +117,7 @@ _PACKET_HEADER = struct.Struct('<hhiiiiii')  # type, source, size, ts_offset, ts
 _POLARITY_EVENT = 1
 
 
-def read_aedat31(path: PathLike) -> Events:
+def read_aedat31(path: PathLike, sensor_size: Optional[Tuple[int, int]] = None) -> Events:
     """Read the polarity events of an AEDAT 3.1 file (cAER / DV; DVS128 Gesture).
 
     After the ASCII header (ended by ``#!END-HEADER``) come packets: a 28-byte little-endian header
@@ -104,7 +125,8 @@ def read_aedat31(path: PathLike) -> Events:
     int32 capacity, int32 number, int32 valid) and ``capacity * size`` bytes of events. A polarity event
     (type 1) is 8 bytes: uint32 data (bit 0 valid, bit 1 polarity, bits 2-16 y, bits 17-31 x) and an int32
     timestamp; the full timestamp is ``overflow << 31 | timestamp`` microseconds. Other packet types are
-    skipped; of a polarity packet, the first ``number`` events whose valid bit is set are kept.
+    skipped; of a polarity packet, the first ``number`` events whose valid bit is set are kept. Timestamps must not
+    decrease, and coordinates must lie inside ``sensor_size`` (height, width) when given.
     """
     raw = _read_bytes(path)
     version = _aedat_version(raw, path)
@@ -124,9 +146,9 @@ def read_aedat31(path: PathLike) -> Events:
             raise EventFileError(path, f"truncated packet header at byte {pos} "
                                        f"({len(raw) - pos} of {_PACKET_HEADER.size} bytes)")
         e_type, _, size, ts_offset, overflow, capacity, number, _ = _PACKET_HEADER.unpack_from(raw, pos)
-        if size <= 0 or capacity < 0 or not 0 <= number <= capacity:
-            raise EventFileError(path, f"corrupt packet header at byte {pos}: event size {size}, "
-                                       f"capacity {capacity}, number {number}")
+        if size <= 0 or capacity < 0 or not 0 <= number <= capacity or overflow < 0:
+            raise EventFileError(path, f"corrupt packet header at byte {pos}: event size {size}, capacity "
+                                       f"{capacity}, number {number}, timestamp overflow {overflow}")
         payload = pos + _PACKET_HEADER.size
         end = payload + capacity * size
         if end > len(raw):
@@ -142,8 +164,13 @@ def read_aedat31(path: PathLike) -> Events:
             stamps.append(words[valid, 1].astype(np.int64) | (np.int64(overflow) << 31))
         pos = end
     word = np.concatenate(data) if data else np.zeros(0, np.uint32)
-    t = np.concatenate(stamps) if stamps else np.zeros(0, np.int64)
-    return _events(t, (word >> 17) & 0x7FFF, (word >> 2) & 0x7FFF, (word >> 1) & 1)
+    if word.size == 0:
+        raise EventFileError(path, "the file holds a header and no polarity events: the recording is empty or was "
+                                   "truncated after its header; restore it from the original archive")
+    t = np.concatenate(stamps)
+    x, y = (word >> 17) & 0x7FFF, (word >> 2) & 0x7FFF
+    _check_events(path, t, x, y, sensor_size or (0x8000, 0x8000))
+    return _events(t, x, y, (word >> 1) & 1)
 
 
 def read_gesture_labels(path: PathLike, num_classes: int = 11) -> np.ndarray:

@@ -14,18 +14,20 @@ SpikingJelly fails (an empty time segment, no events) we return empty frames.
 :class:`FrameCache` stores the frames of each sample on disk, under a folder named by a hash of every setting
 that changes them (data set, root, T, split_by, sensor size, format version), so a changed setting never
 reuses a stale cache; each file is also named by the size and mtime of its source files, and is written to a
-temporary file and renamed (``os.replace``), so a crash never leaves a partial file behind.
+temporary file and renamed (``os.replace``), so a crash never leaves a partial file behind (and the temporary file of
+a killed writer is removed when the cache is next opened).
 """
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Union
+from typing import Callable, Dict, Iterable, Optional, Tuple, Union
 
 import numpy as np
+
+from .._files import atomic_write, remove_stale_temporaries
 
 __all__ = ['SPLIT_MODES', 'integrate_frames', 'segment_bounds', 'FrameCache', 'default_cache_dir']
 
@@ -86,18 +88,6 @@ def _digest(obj, length: int) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:length]
 
 
-def _atomic_write(path: Path, write: Callable) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _smallest_dtype(frames: np.ndarray):
     peak = int(frames.max(initial=0))
     return np.uint8 if peak <= 0xFF else np.uint16 if peak <= 0xFFFF else np.int32
@@ -110,11 +100,17 @@ class FrameCache:
     ``settings.json`` for people. ``get(name, sources, compute)`` returns the cached frames of sample ``name``,
     computing and storing them (atomically) on a miss; ``sources`` are the files the frames come from, whose
     size and modification time enter the file name, so an edited source is never served stale frames.
+    A cached file is data: read with ``allow_pickle=False`` and used only when it holds exactly the key ``frames``
+    with a count dtype (uint8 / uint16 / int32), no negative count, and the shape ``frame_shape`` (when given);
+    anything else is recomputed. Opening the cache removes the temporary files a killed writer left in it.
     """
 
-    def __init__(self, directory: Union[str, Path], dataset: str, settings: dict):
+    def __init__(self, directory: Union[str, Path], dataset: str, settings: dict,
+                 frame_shape: Optional[Tuple[int, ...]] = None):
         self.settings = dict(settings, dataset=dataset, format_version=FORMAT_VERSION)
         self.directory = Path(directory) / f"{dataset}-{_digest(self.settings, 16)}"
+        self.frame_shape = tuple(frame_shape) if frame_shape is not None else None
+        remove_stale_temporaries(self.directory)
 
     def path(self, name: str, sources: Iterable[Union[str, Path]]) -> Path:
         stamps = []
@@ -127,20 +123,36 @@ class FrameCache:
         path = self.path(name, sources)
         if path.exists():
             try:
-                with np.load(path) as stored:
-                    return stored['frames']
+                return self._read(path)
             except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-                warnings.warn(f"frame cache file {path} is unreadable ({err}); recomputing it")
+                warnings.warn(f"frame cache file {path} is unreadable or not frames ({err}); recomputing it")
         frames = compute()
         self._write_settings()
-        _atomic_write(path, lambda f: np.savez_compressed(f, frames=frames.astype(_smallest_dtype(frames))))
+        atomic_write(path, lambda f: np.savez_compressed(f, frames=frames.astype(_smallest_dtype(frames))),
+                     durable=False)
+        return frames
+
+    def _read(self, path: Path) -> np.ndarray:
+        stored = np.load(path, allow_pickle=False)
+        if not isinstance(stored, np.lib.npyio.NpzFile):
+            raise ValueError("a bare array, not an .npz archive")
+        with stored:
+            if stored.files != ['frames']:
+                raise ValueError(f"expected one array 'frames', found {stored.files}")
+            frames = stored['frames']
+        if frames.dtype not in (np.uint8, np.uint16, np.int32):
+            raise ValueError(f"frames of dtype {frames.dtype}, expected uint8, uint16 or int32 counts")
+        if self.frame_shape is not None and frames.shape != self.frame_shape:
+            raise ValueError(f"frames of shape {frames.shape}, expected {self.frame_shape}")
+        if frames.dtype == np.int32 and frames.size and frames.min() < 0:
+            raise ValueError("negative event counts")
         return frames
 
     def _write_settings(self) -> None:
         path = self.directory / 'settings.json'
         if not path.exists():
             text = json.dumps(self.settings, indent=2, sort_keys=True).encode()
-            _atomic_write(path, lambda f: f.write(text))
+            atomic_write(path, lambda f: f.write(text), durable=False)
 
     def __repr__(self) -> str:
         return f"FrameCache({str(self.directory)!r})"

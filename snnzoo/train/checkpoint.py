@@ -1,7 +1,12 @@
 """Training checkpoints (exact resume) and exported weights (safetensors + config.json, timm's hub format).
 
 Every file is written atomically: to a temporary file in the same folder, flushed to disk, then renamed over the
-target with ``os.replace``, so a crash (or a NaN stop) never leaves a half-written or missing checkpoint behind.
+target with ``os.replace``, so a crash (or a NaN stop) never leaves a half-written or missing checkpoint behind; the
+temporary files of a killed run are removed when the next run starts (:func:`snnzoo._files.remove_stale_temporaries`).
+
+A stored config is data, never code (SPEC section 10): :func:`load_trained_model` rebuilds a run's model from a
+registered name and keyword values checked against the family's constructor, and its test data set from snnzoo's own
+data builders; any other ``_target_`` is refused unless the user passes ``trust_config=true`` on the command line.
 
 A training checkpoint (``checkpoints/last.pt``) holds the model, optimizer, scheduler, EMA and grad-scaler states, the
 random number generator states of every process (python, numpy, torch, CUDA), the epoch and the optimizer step, and
@@ -17,14 +22,16 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ['CheckpointError', 'ConfigRefusedError', 'TrainedModel', 'atomic_write', 'capture_rng_state',
-           'restore_rng_state', 'save_training_state', 'load_training_state', 'export_model', 'load_exported',
+from .._files import atomic_write, is_disk_full, remove_stale_temporaries
+
+__all__ = ['CheckpointError', 'ConfigRefusedError', 'TrainedModel', 'atomic_write', 'remove_stale_temporaries',
+           'capture_rng_state', 'restore_rng_state', 'save_training_state', 'load_training_state', 'export_model', 'load_exported',
            'load_trained_model', 'build_registered_model', 'TRAIN_STATE_FORMAT']
 
 TRAIN_STATE_FORMAT = 'snnzoo-train-state-v1'
@@ -34,39 +41,6 @@ CONFIG_NAME = 'config.json'
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: missing, truncated, corrupt, or of another kind."""
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: Union[str, os.PathLike], write: Callable, binary: bool = True) -> Path:
-    """Write ``path`` through ``write(file)`` into a temporary sibling, fsync it, then ``os.replace`` it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, 'wb' if binary else 'w') as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-    return path
 
 
 def capture_rng_state() -> dict:
@@ -93,8 +67,19 @@ def restore_rng_state(state: dict) -> None:
 
 
 def save_training_state(path: Union[str, os.PathLike], state: dict) -> Path:
-    """Atomically ``torch.save`` a training state (see :func:`load_training_state` for the keys)."""
-    return atomic_write(path, lambda f: torch.save(dict(state, format=TRAIN_STATE_FORMAT), f))
+    """Atomically ``torch.save`` a training state (see :func:`load_training_state` for the keys); on a full disk a
+    :class:`CheckpointError` says so and names the previous checkpoint, which stays intact."""
+    path = Path(path)
+    try:
+        return atomic_write(path, lambda f: torch.save(dict(state, format=TRAIN_STATE_FORMAT), f))
+    except (OSError, RuntimeError) as e:
+        if not is_disk_full(e):
+            raise
+        kept = (f"the last good checkpoint {path} is intact: resume from it with ckpt_path={path}"
+                if path.is_file() else "no earlier checkpoint exists in that folder")
+        raise CheckpointError(f"no space left on the device while saving the checkpoint {path} "
+                              f"(step {state.get('global_step')}); {kept}. Free some disk space (or set "
+                              f"paths.output_dir to another disk) and resume") from e
 
 
 def load_training_state(path: Union[str, os.PathLike]) -> dict:
@@ -142,7 +127,7 @@ def export_model(model: nn.Module, out_dir: Union[str, os.PathLike], model_cfg: 
     weights = atomic_write(out_dir / WEIGHTS_NAME, lambda f: f.write(save(tensors)))
     snn = dict(extra or {}, model=model_cfg or {})
     if getattr(model, 'pretrained_cfg', None):
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix='.config.', suffix='.json')
+        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f'.{CONFIG_NAME}.', suffix='.tmp')
         os.close(fd)
         try:
             save_config_for_hf(model, tmp, data_config=data_config)
