@@ -237,7 +237,9 @@ def test_stateless_and_energy_profile_counts_spikes():
     rows = {r['name']: r for r in report.rows}
     fed_by_spikes = [r for r in report.rows if r['binary_input']]
     assert len(fed_by_spikes) >= 3 and all(r['acs'] > 0 for r in fed_by_spikes)
-    assert not next(r for r in report.rows if 'stem' in r['name'])['binary_input']  # the image: real-valued
+    stem = next(r for r in report.rows if 'stem' in r['name'])
+    assert not stem['binary_input']  # the image: real-valued, so MACs ...
+    assert stem['macs'] == 3 * 9 * 4 * 16 * 16  # ... computed once per image (3x3 conv, 3 -> 4 channels), not T times
     assert report.totals['flops'] > 0 and rows
 
 

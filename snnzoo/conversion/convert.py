@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ..layers.qcfs import QCFS
 from .calibration import Batches, activation_scales, calibration_batches
-from .neurons import BurstIF, SpikeScale, ThresholdIF
+from .neurons import BurstIF, RepeatSteps, SpikeScale, ThresholdIF
 
 __all__ = ['convert', 'ConvertedSNN', 'METHODS']
 
@@ -36,8 +36,8 @@ _SUPPORTED = ("convolutions, linear layers, BatchNorm after them, ReLU or QCFS, 
 class ConvertedSNN(nn.Module):
     """A converted ANN run as a spiking network of IF neurons for ``T`` steps; stateless like every snnzoo model.
 
-    ``forward(x)``: the ANN's input ``[B, ...]`` (a static image, repeated over T) -> the output averaged over the
-    T steps ``[B, ...]``; ``return_per_step=True`` gives each step's output ``[T, B, ...]``. ``forward_running(x)``
+    ``forward(x)``: the ANN's input ``[B, ...]`` (a static image: the layers before the first neurons run once on it,
+    their output is repeated for the T steps) -> the output averaged over the T steps ``[B, ...]``; ``return_per_step=True`` gives each step's output ``[T, B, ...]``. ``forward_running(x)``
     gives the running mean ``[T, B, ...]``: entry t is what the network outputs when run for t + 1 steps (the IF
     network is causal), so one pass gives accuracy versus T. ``body`` is the ANN's traced graph over ``[T*B, ...]``,
     its activations replaced by neurons (:class:`~snnzoo.conversion.neurons.ThresholdIF` or, exact mode,
@@ -57,8 +57,9 @@ class ConvertedSNN(nn.Module):
         """Run for ``T`` steps from now on (the thresholds stay as converted)."""
         _check_T(T)
         self._T = int(T)
-        for m in self.neurons():
-            m.T = int(T)
+        for m in self.body.modules():
+            if isinstance(m, (ThresholdIF, BurstIF, RepeatSteps)):
+                m.T = int(T)
 
     def neurons(self) -> List[nn.Module]:
         return [m for m in self.body.modules() if isinstance(m, (ThresholdIF, BurstIF))]
@@ -69,8 +70,7 @@ class ConvertedSNN(nn.Module):
                             f"got {type(x).__name__}{'' if not isinstance(x, torch.Tensor) else ' ' + str(x.dtype)}")
         if not bool(torch.isfinite(x).all()):
             raise ValueError("ConvertedSNN: the input contains NaN or infinite values")
-        out = self.body(x.unsqueeze(0).expand(self.T, *x.shape).flatten(0, 1))
-        out = out.unflatten(0, (self.T, x.shape[0]))
+        out = self.body(x).unflatten(0, (self.T, x.shape[0]))
         return out if return_per_step else out.mean(0)
 
     def forward_running(self, x: torch.Tensor) -> torch.Tensor:
@@ -213,6 +213,27 @@ def _fold_scale(gm: fx.GraphModule, scale_node: fx.Node, neuron: fx.Node, theta:
         gm.graph.erase_node(scale_node)
 
 
+def _repeat_time_invariant(gm: fx.GraphModule, T: int) -> None:
+    """Run what depends on the input alone (the stem before the first neurons) once on ``[B, ...]`` and repeat its
+    value for the T steps where it meets the time-varying part (a neuron, an addition, the output)."""
+    mods, static = _modules(gm), set()
+    for node in gm.graph.nodes:
+        if node.op in ('placeholder', 'get_attr') or (
+                node.op != 'output' and not isinstance(mods.get(node.target) if node.op == 'call_module' else None,
+                                                       (ThresholdIF, BurstIF))
+                and all(a in static for a in node.all_input_nodes)):
+            static.add(node)
+    for i, node in enumerate([n for n in gm.graph.nodes if n in static and n.op != 'get_attr']):
+        users = [u for u in node.users if u not in static]
+        if not users:
+            continue
+        gm.add_submodule(f"repeat{i}", RepeatSteps(T))
+        with gm.graph.inserting_after(node):
+            rep = gm.graph.call_module(f"repeat{i}", (node,))
+        for u in users:
+            u.replace_input_with(node, rep)
+
+
 @torch.no_grad()
 def convert(ann: nn.Module, calibration_data: Optional[Batches] = None, T: int = 32, method: str = 'max',
             percentile: float = 99.9, channelwise: bool = False, v_init: float = 0.5,
@@ -294,6 +315,7 @@ def convert(ann: nn.Module, calibration_data: Optional[Batches] = None, T: int =
         n.replace_all_uses_with(scale)
         gm.graph.erase_node(n)
         _fold_scale(gm, scale, new, theta)
+    _repeat_time_invariant(gm, T)
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()

@@ -5,7 +5,7 @@ import torch.nn as nn
 
 from ..layers.neuron import IFNode
 
-__all__ = ['ThresholdIF', 'BurstIF', 'SpikeScale']
+__all__ = ['ThresholdIF', 'BurstIF', 'SpikeScale', 'RepeatSteps']
 
 
 def _broadcast(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -82,3 +82,18 @@ class SpikeScale(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * _broadcast(self.theta, x)
+
+
+class RepeatSteps(nn.Module):
+    """``[B, ...]`` -> ``[T*B, ...]``: a time-invariant value (the layers before the first neurons, computed once on
+    the static input) repeated for every step."""
+
+    def __init__(self, T: int):
+        super().__init__()
+        self.T = int(T)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unsqueeze(0).expand(self.T, *x.shape).flatten(0, 1)
+
+    def extra_repr(self) -> str:
+        return f"T={self.T}"
