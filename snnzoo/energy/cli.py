@@ -15,6 +15,7 @@ from typing import Optional
 
 import torch
 
+from ..layers.temporal import NonFiniteInputError, check_finite
 from .counter import Profiler
 from .report import CONVENTIONS, PRESETS
 
@@ -112,6 +113,10 @@ def main(argv: Optional[list] = None) -> int:
             if i >= args.batches:
                 break
             x, y = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
+            try:
+                check_finite(torch.as_tensor(x).cpu(), f"batch {i} of {data_desc}")
+            except NonFiniteInputError as e:
+                raise SystemExit(f"snnzoo-energy: {e}") from e
             out = profiler(x)
             if y is not None and out.dim() == 2:
                 correct += (out.argmax(-1).cpu() == torch.as_tensor(y)).sum().item()

@@ -21,9 +21,11 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
+from ..layers.grad_modes import forward_backward, get_grad_mode, set_grad_mode
+from ..layers.temporal import NonFiniteInputError
 from ..models._checkpoint import check_state_dict_fits
 from .checkpoint import (CheckpointError, capture_rng_state, export_model, load_trained_model, load_training_state,
-                         restore_rng_state, save_training_state)
+                         remove_stale_temporaries, restore_rng_state, save_training_state)
 from .distributed import (DistInfo, ShardedSampler, all_gather_object, all_reduce_sum, barrier, broadcast_object,
                           cleanup, init_distributed)
 from .logger import MetricLogger, peak_memory_mb
@@ -106,6 +108,31 @@ def build_model(model_cfg: DictConfig) -> nn.Module:
     return model
 
 
+def check_batch(x: torch.Tensor, where: str) -> None:
+    """Stop with :class:`NonFiniteInputError` naming the batch and its first bad sample when ``x`` holds a NaN or inf
+    (one ``isfinite(x).all()`` per batch, checked on the host)."""
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x.reshape(len(x), -1)).all(1)).nonzero()[0, 0])
+        raise NonFiniteInputError(f"{where} holds NaN or infinite values (first in sample {bad} of the batch): check "
+                                  f"the data files and the normalisation (data.*); nothing was trained on it")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """The numeric settings a typo can break, each refused with what is wrong and an example of what to write."""
+    def positive(key: str, value, example, integer: bool = True) -> None:
+        kinds = (int,) if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0:
+            raise ValueError(f"{key}={value!r} must be a positive {'integer' if integer else 'number'}; set it on "
+                             f"the command line, e.g. {key}={example}")
+    tr = cfg.trainer
+    positive('trainer.epochs', tr.epochs, 10)
+    positive('data.batch_size', cfg.data.batch_size, 32)
+    positive('trainer.accum_steps', tr.get('accum_steps', 1), 1)
+    if tr.get('max_steps') is not None:
+        positive('trainer.max_steps', tr.max_steps, 100)
+    positive('optim.lr', cfg.optim.get('lr'), 0.001, integer=False)
+
+
 def _autocast(device: torch.device, precision) -> contextlib.AbstractContextManager:
     precision = str(precision)
     if precision not in PRECISIONS:
@@ -131,8 +158,9 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, precisi
     """Top-1 / top-5 accuracy (%) and cross-entropy of ``model`` over ``loader``, summed over all processes."""
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, n
-    for x, y in loader:
+    for i, (x, y) in enumerate(loader):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        check_batch(x, f"evaluation batch {i}")
         with _autocast(device, precision):
             out = model(x)
         out = out.float()
@@ -224,9 +252,14 @@ def _train(cfg: DictConfig, info: DistInfo) -> dict:
     from timm.scheduler import create_scheduler_v2
     from tqdm.auto import tqdm
 
+    check_config(cfg)
     tr, data_cfg, device = cfg.trainer, cfg.data, info.device
     out_dir = Path(broadcast_object(str(Path(cfg.paths.output_dir).resolve())))
     ckpt_dir = out_dir / 'checkpoints'
+    if info.is_main:  # the temporary files of a run killed while saving
+        for folder in (out_dir, ckpt_dir):
+            for stale in remove_stale_temporaries(folder):
+                log.info(f"removed {stale}, left by an interrupted save")
     if not info.is_main:
         log.setLevel(logging.WARNING)
     if tr.get('num_threads'):
@@ -244,6 +277,11 @@ def _train(cfg: DictConfig, info: DistInfo) -> dict:
                              f"{type(model).__name__} has none: wrap its forward in "
                              f"snnzoo.layers.recompute_saved_spikes() instead, or leave the option null")
         model.set_recompute_spikes(bool(tr.recompute_spikes))
+    set_grad_mode(model, str(tr.get('grad_mode') or 'bptt'), k=tr.get('sltt_k'), ottt_lambda=tr.get('ottt_lambda'))
+    if tr.get('compile') and get_grad_mode(model) in ('sltt', 'ottt'):
+        raise ValueError(f"trainer.compile=true cannot be combined with trainer.grad_mode={tr.grad_mode}: the per-step "
+                         f"modes change the model's T and neuron state between steps; use grad_mode=bptt or exact "
+                         f"with compile, or compile=false")
     if info.distributed and device.type == 'cuda' and tr.get('sync_batchnorm'):
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     n_params = sum(p.numel() for p in model.parameters())
@@ -363,6 +401,13 @@ def _train(cfg: DictConfig, info: DistInfo) -> dict:
     eval_every = int(tr.get('eval_every_n_epochs') or 0)
     log_every = max(1, int(tr.get('log_every_n_steps', 10)))
     clip = tr.get('clip_grad')
+    per_step = get_grad_mode(model) in ('sltt', 'ottt')
+
+    def scale_loss(loss: torch.Tensor) -> torch.Tensor:
+        return scaler.scale(loss / accum) if scaler is not None else loss / accum
+
+    def step_sync(last: bool):
+        return ddp_model.no_sync() if ddp_model is not None and not last else contextlib.nullcontext()
     global_step = start_step
     train_time = 0.0
     last_saved = (Path(cfg.ckpt_path), start_step) if cfg.get('ckpt_path') else None
@@ -384,15 +429,20 @@ def _train(cfg: DictConfig, info: DistInfo) -> dict:
             for micro in range(accum):
                 x, y = next(batches)
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                check_batch(x, f"training batch {step_in_epoch * accum + micro} of epoch {epoch}")
                 if t_train:
                     x = _select_frames(x, int(t_train))
                 if mixup_fn is not None:
                     x, y = _mix(mixup_fn, x, y)
                 no_sync = ddp_model is not None and micro < accum - 1
                 with ddp_model.no_sync() if no_sync else contextlib.nullcontext():
-                    with autocast:
-                        out = train_model(x, return_per_step=True) if tet else train_model(x)
-                        loss = criterion(out, y)
+                    if per_step:  # T forward / backward pairs (SLTT, OTTT), gradients synced on the last only
+                        out, loss = forward_backward(train_model, x, y, criterion, per_step_output=tet,
+                                                     scale=scale_loss, autocast=autocast, sync=step_sync)
+                    else:
+                        with autocast:
+                            out = train_model(x, return_per_step=True) if tet else train_model(x)
+                            loss = criterion(out, y)
                     if not torch.isfinite(loss):
                         bar.close()
                         kept = (f"the last good checkpoint {last_saved[0]} (optimizer step {last_saved[1]}) is "
@@ -402,7 +452,8 @@ def _train(cfg: DictConfig, info: DistInfo) -> dict:
                             f"the training loss is {loss.item()} at epoch {epoch}, optimizer step {global_step}, "
                             f"micro-batch {micro}; training stopped and wrote no checkpoint, {kept}. Lower optim.lr, "
                             f"set trainer.clip_grad, or train with trainer.precision=32")
-                    (scaler.scale(loss / accum) if scaler is not None else loss / accum).backward()
+                    if not per_step:
+                        scale_loss(loss).backward()
                 logits = out.mean(0) if tet else out
                 target = y.argmax(-1) if y.dim() == 2 else y
                 n = len(y)
