@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Optional
 
 import torch
 
@@ -63,9 +64,10 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
 
 
-def build(impl: str, case: str, num_classes: int):
-    """``(model, forward(x) -> logits, reset())`` of one implementation."""
-    (zoo_name, zoo_kwargs), (sj_path, sj_kwargs), shape, T, _ = CASES[case]
+def build(impl: str, case: str, num_classes: int, T: Optional[int] = None):
+    """``(model, forward(x) -> logits, reset())`` of one implementation (at the case's T unless ``T`` is given)."""
+    (zoo_name, zoo_kwargs), (sj_path, sj_kwargs), shape, case_T, _ = CASES[case]
+    T = T or case_T
     if impl == 'snnzoo':
         import snnzoo
         model = snnzoo.create_model(zoo_name, num_classes=num_classes, T=T, backend='torch', **zoo_kwargs)

@@ -1,0 +1,170 @@
+"""Training memory and step time versus T for snnzoo's gradient modes and SpikingJelly 2.0, side by side in one run.
+
+For each case (an snnzoo model and SpikingJelly's model of the same configuration, from ``bench_models.CASES``) and
+each T, one process builds every variant and measures, on a fixed random batch:
+
+- ``peak_mb``: the peak of the bytes allocated during one training step (forward + cross-entropy + backward) above
+  what was allocated before it, from the profiler's allocation record in time order (exact, unlike the resident set,
+  and comparable between variants of one process);
+- ``kept_mb``: the bytes a training forward leaves allocated for the backward (BPTT-like variants only: the per-step
+  modes never hold more than one step's graph);
+- ``step_ms``: the median step time, the variants' steps interleaved (round robin) so that the load of a shared
+  machine hits all of them alike.
+
+Variants: snnzoo ``bptt`` / ``exact`` / ``sltt`` (and ``ottt`` where it applies, i.e. not on spike x spike attention),
+SpikingJelly's model plain (``sj``) and with ``memopt.optimize_memory(level=1)`` (``sj_memopt``: checkpointing of its
+blocks with 1-bit spike compression; levels 2-4 search with CUDA memory statistics and need a GPU). SpikingJelly's own
+SLTT / OTTT neurons are single-step nodes for its online VGG and cannot run its multi-step zoo models: not measured.
+
+A projection to the papers' setting (224x224, batch 64 per GPU, T = 4 and 16) scales the measured activation bytes per
+sample and step by the area ratio and adds weights, gradients and AdamW's two moments (16 bytes per parameter).
+
+    python benchmarks/bench_memory.py [--cases sew_resnet18@64] [--T 1 4 8 16] [--batch 2] [--steps 3]
+"""
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from _results import DEFAULT_OUT, machine, write_result
+from bench_models import CASES, build
+
+DEFAULT_CASES = ('spikformer_4_384_cifar', 'sdt_8_384@64', 'qkformer_10_384@64', 'sew_resnet18@64')
+PROJECTED = {'sdt_8_384': 'sdt_8_384@64', 'meta_spikeformer_8_384': 'meta_spikeformer_8_384@64'}
+CASES.setdefault('meta_spikeformer_8_384@64',   # SpikingJelly has no Meta-SpikeFormer
+                 (('meta_spikeformer_8_384', dict(img_size=64)), ('', {}), (3, 64, 64), 4, 4))
+
+
+def peak_allocated(fn) -> int:
+    """Peak bytes allocated while ``fn()`` runs, above the allocation at its start (CPU profiler record)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
+    live = peak = 0
+    for e in events:
+        live += e.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak
+
+
+def kept_after_forward(fn) -> int:
+    """Bytes that ``fn()`` (a training forward) leaves allocated, its result included."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+    del out
+    return sum(e.self_cpu_memory_usage for e in prof.events())
+
+
+def variants(case: str, T: int, num_classes: int = 10) -> dict:
+    """name -> (step(x, y), forward(x) or None): the training steps compared for ``case`` at ``T``."""
+    from snnzoo.layers.grad_modes import forward_backward, set_grad_mode, spike_product_modules
+    zoo, forward, _ = build('snnzoo', case, num_classes, T)
+    out = {}
+    modes = ['bptt', 'exact', 'sltt']
+    if not any(isinstance(m, spike_product_modules()) for m in zoo.modules()):
+        modes.append('ottt')
+    for mode in modes:
+        model = set_grad_mode(copy.deepcopy(zoo).train(), mode)
+        out[mode] = (lambda x, y, m=model: forward_backward(m, x, y, F.cross_entropy),
+                     None if mode in ('sltt', 'ottt') else model)
+    if not CASES[case][1][0]:
+        return out
+    from spikingjelly.activation_based import memopt
+    for name in ('sj', 'sj_memopt'):
+        model, forward, reset = build('spikingjelly', case, num_classes, T)
+        model.train()
+        if name == 'sj_memopt':
+            x0 = torch.randn(2, *CASES[case][2])
+            memopt.optimize_memory(model, _block_types(model), lambda m, f=forward, r=reset: (f(x0), r()), level=1)
+
+        def step(x, y, f=forward, r=reset):
+            F.cross_entropy(f(x), y).backward()
+            r()
+        out[name] = (step, forward)
+    return out
+
+
+def _block_types(model: torch.nn.Module) -> tuple:
+    """The classes of a SpikingJelly model's blocks: elements of its ModuleLists / Sequentials with sub-modules."""
+    kinds = set()
+    for m in model.modules():
+        if isinstance(m, (torch.nn.ModuleList, torch.nn.Sequential)):
+            kinds.update(type(c) for c in m.children() if len(list(c.children())) > 1
+                         and not isinstance(c, (torch.nn.ModuleList, torch.nn.Sequential)))
+    return tuple(kinds)
+
+
+def measure(case: str, T: int, batch: int, steps: int) -> dict:
+    torch.manual_seed(0)
+    x, y = torch.randn(batch, *CASES[case][2]), torch.randint(0, 10, (batch,))
+    runs = variants(case, T)
+    row = {}
+    for name, (step, forward) in runs.items():
+        step(x, y)                                                     # warm-up
+        row[name] = dict(peak_mb=peak_allocated(lambda: step(x, y)) / 2 ** 20)
+        if forward is not None:
+            row[name]['kept_mb'] = kept_after_forward(lambda: forward(x)) / 2 ** 20
+    times = {name: [] for name in runs}
+    for _ in range(steps):
+        for name, (step, _) in runs.items():
+            t0 = time.perf_counter()
+            step(x, y)
+            times[name].append(time.perf_counter() - t0)
+    for name in runs:
+        row[name]['step_ms'] = 1e3 * statistics.median(times[name])
+    return row
+
+
+def project(rows: list, batch: int) -> dict:
+    """GPU memory (GiB) per mode at 224x224, batch 64, T = 4 / 16, from each case's bytes per sample and step."""
+    import snnzoo
+    out = {}
+    for name, case in PROJECTED.items():
+        measured = {r['T']: r for r in rows if r['case'] == case}
+        if not measured:
+            continue
+        T_ref = max(measured)
+        r = measured[T_ref]
+        params = sum(p.numel() for p in snnzoo.create_model(name).parameters())
+        area = (224 / CASES[case][2][1]) ** 2
+        fixed = 16 * params                                      # weights, gradients, AdamW's two moments
+        per = {}
+        for mode in ('bptt', 'exact', 'sltt'):
+            per_sample_step = r[mode]['peak_mb'] * 2 ** 20 / (batch * (1 if mode == 'sltt' else T_ref))
+            per[mode] = {f'T{T}': (fixed + per_sample_step * area * 64 * (1 if mode == 'sltt' else T)) / 2 ** 30
+                         for T in (4, 16)}
+        out[name] = dict(params_m=params / 1e6, from_case=case, from_T=T_ref, gib=per)
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--cases', nargs='+', default=list(DEFAULT_CASES), choices=list(CASES), metavar='CASE')
+    parser.add_argument('--T', nargs='+', type=int, default=[1, 4, 8, 16])
+    parser.add_argument('--batch', type=int, default=2)
+    parser.add_argument('--steps', type=int, default=3, help='timed steps per variant (after one warm-up)')
+    parser.add_argument('--out', default=DEFAULT_OUT)
+    args = parser.parse_args()
+    rows = []
+    for case in args.cases:
+        for T in args.T:
+            row = dict(case=case, T=T, batch=args.batch, **measure(case, T, args.batch, args.steps))
+            rows.append(row)
+            print(f"{case:24} T={T:2} " + ' | '.join(
+                f"{k} {v['peak_mb']:7.1f} MB {v['step_ms']:7.0f} ms" for k, v in row.items() if isinstance(v, dict)),
+                flush=True)
+    projection = project(rows, args.batch)
+    for name, p in projection.items():
+        print(name, {mode: {k: round(v, 1) for k, v in g.items()} for mode, g in p['gib'].items()}, 'GiB')
+    write_result(args.out, 'bench_memory_cpu.json', 'bench_memory', machine(), versions=dict(torch=torch.__version__),
+                 step='forward + CE + backward (no optimizer step), CPU float32', steps=args.steps, rows=rows,
+                 projection_224_batch64=projection)
+
+
+if __name__ == '__main__':
+    main()

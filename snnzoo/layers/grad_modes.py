@@ -1,0 +1,298 @@
+"""Gradient modes: how a spiking network is trained through time, chosen per model with one switch.
+
+- ``'bptt'``   plain backpropagation through time: one forward over ``[T, B, ...]``, one backward; every step's
+  activations are kept until the backward (memory grows with T).
+- ``'exact'``  the same gradients, recomputed: every block (a direct element of a ``ModuleList`` / ``Sequential`` that
+  holds a neuron, or a top-level module that holds one) runs under ``torch.utils.checkpoint`` (non-reentrant, the
+  RNG of dropout / drop-path preserved), so only block inputs outlive the forward; spikes that autograd saves are
+  rebuilt from the neurons' ``H`` (:func:`~snnzoo.layers.recompute_saved_spikes`). The recomputation runs the blocks'
+  BatchNorms without updating their running statistics, so buffers end equal to BPTT's too.
+- ``'sltt'``   spatial learning through time (Meng et al., ICCV 2023): the model runs one step at a time, every neuron
+  starting from the previous step's membrane *detached* (the temporal gradient through V is dropped), and each step's
+  loss ``l(o_t, y) / T`` is back-propagated right after its forward, so only one step's activations are alive.
+  ``k``: SLTT-K, back-propagate only ``k`` steps drawn at random (the others run under ``no_grad``).
+- ``'ottt'``   online training through time (Xiao et al., NeurIPS 2022): per step as SLTT, and every convolution /
+  linear layer whose input is spikes (values in {0, 1}) takes its weight gradient from the presynaptic trace
+  ``a[t] = lambda a[t-1] + s[t]`` instead of ``s[t]``: ``dL/dW = sum_t g[t] a[t]^T`` with ``g[t] = dl_t/du[t]``. Layers
+  with real-valued inputs (the first, image-reading layer; SEW's ADD sums) keep the instantaneous input. It does not
+  apply to spike x spike attention: there ``Q K^T V`` multiplies two time-varying activations, and the trace of a
+  product is not the product of the traces, so no presynaptic trace gives its gradient; such models raise.
+
+Per-step execution (SLTT, OTTT) changes what a training-mode BatchNorm sees: one step's batch ``B`` instead of ``T x B``.
+snnzoo uses per-step statistics (as the SLTT and OTTT reference code, which run single-step networks): each step is
+normalised with its own batch statistics and the running statistics are updated once per step. Static images run
+the model with ``T = 1`` per step (the same image every step); event frames ``[B, T, C, H, W]`` feed frame ``t``.
+
+Usage::
+
+    model.set_grad_mode('sltt', k=4)                       # or snnzoo.layers.set_grad_mode(model, 'sltt', k=4)
+    out, loss = forward_backward(model, x, y, criterion)   # any mode: forward + backward, gradients accumulated
+"""
+import random
+import types
+from contextlib import contextmanager, nullcontext
+from typing import Callable, Iterator, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from .neuron import BaseNode
+
+__all__ = ['GRAD_MODES', 'GradModeMixin', 'set_grad_mode', 'get_grad_mode', 'set_block_checkpointing',
+           'forward_backward', 'spike_product_modules']
+
+GRAD_MODES = ('bptt', 'exact', 'sltt', 'ottt')
+_PER_STEP = ('sltt', 'ottt')
+
+
+def spike_product_modules() -> tuple:
+    """The layer classes that multiply two spike tensors (spike x spike attention), where OTTT does not apply."""
+    from .attention import SpikingSelfAttention
+    from .metaformer_blocks import SpikeDrivenSelfAttentionV2
+    from .qk_attention import ChannelQKAttention, TokenQKAttention
+    from .sdsa import SpikeDrivenSelfAttention
+    return SpikingSelfAttention, SpikeDrivenSelfAttention, SpikeDrivenSelfAttentionV2, TokenQKAttention, \
+        ChannelQKAttention
+
+
+def _neurons(model: nn.Module) -> list:
+    return [m for m in model.modules() if isinstance(m, BaseNode)]
+
+
+def _has_neuron(module: nn.Module) -> bool:
+    return any(isinstance(m, BaseNode) for m in module.modules())
+
+
+# ----------------------------------------------------------------------------------------------------- exact mode
+def _checkpoint_units(module: nn.Module) -> Iterator[nn.Module]:
+    """The blocks to recompute: the outermost modules below ``module`` that hold a neuron, descending through plain
+    containers (``ModuleList`` / ``Sequential``) so that a stage is checkpointed block by block. A lone neuron is
+    skipped: its checkpoint would save its input instead of its H, no saving."""
+    for child in module.children():
+        if isinstance(child, BaseNode) or not _has_neuron(child):
+            continue
+        if type(child) in (nn.Sequential, nn.ModuleList):
+            yield from _checkpoint_units(child)
+        else:
+            yield child
+
+
+_BN_BUFFERS = ('running_mean', 'running_var', 'num_batches_tracked')
+
+
+def _batchnorm_contexts(module: nn.Module):
+    """``context_fn`` of a checkpointed block: the recomputation sees its BatchNorms' running statistics as the
+    original forward saw them (some layers read them, e.g. Meta-SpikeFormer's BN padding) and updates copies, which
+    are dropped; the live buffers are rebound, never modified in place (autograd may hold them)."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    before = []
+
+    @contextmanager
+    def original() -> Iterator[None]:
+        before[:] = [[getattr(m, n).clone() for n in _BN_BUFFERS] for m in bns]
+        yield
+
+    @contextmanager
+    def recompute() -> Iterator[None]:
+        live = [[getattr(m, n) for n in _BN_BUFFERS] for m in bns]
+        for m, buffers in zip(bns, before):
+            for n, b in zip(_BN_BUFFERS, buffers):
+                setattr(m, n, b)
+        try:
+            yield
+        finally:
+            for m, buffers in zip(bns, live):
+                for n, b in zip(_BN_BUFFERS, buffers):
+                    setattr(m, n, b)
+
+    return (original(), recompute()) if bns else (nullcontext(), nullcontext())
+
+
+def _checkpointed_forward(self: nn.Module, *args, **kwargs):
+    if not (torch.is_grad_enabled() and self.training) or torch.jit.is_scripting():
+        return type(self).forward(self, *args, **kwargs)
+    return checkpoint(type(self).forward, self, *args, use_reentrant=False, preserve_rng_state=True,
+                      context_fn=lambda: _batchnorm_contexts(self), **kwargs)
+
+
+def set_block_checkpointing(model: nn.Module, enable: bool = True) -> nn.Module:
+    """Recompute every block of ``model`` in backward (see the module docstring, ``'exact'``); returns ``model``.
+
+    Only training-mode forwards with gradients are checkpointed; evaluation runs unchanged.
+    """
+    for unit in _checkpoint_units(model):
+        if enable:
+            unit.forward = types.MethodType(_checkpointed_forward, unit)
+        elif 'forward' in unit.__dict__:
+            del unit.forward
+    model.grad_checkpointing = bool(enable)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------- the switch
+def set_grad_mode(model: nn.Module, mode: str, k: Optional[int] = None, ottt_lambda: Optional[float] = None
+                  ) -> nn.Module:
+    """Train ``model`` with gradient mode ``mode`` (``'bptt'``, ``'exact'``, ``'sltt'``, ``'ottt'``); returns ``model``.
+
+    ``k`` (SLTT only): back-propagate ``k`` randomly chosen steps of each sequence. ``ottt_lambda`` (OTTT only): the
+    trace decay, default ``1 - 1/tau`` of the model's first neuron (1 for IF neurons).
+    Raises ``ValueError`` for an unknown mode or a combination that cannot work (see the module docstring).
+    """
+    if mode not in GRAD_MODES:
+        raise ValueError(f"unknown grad mode {mode!r}; valid modes are {list(GRAD_MODES)}")
+    if k is not None and (mode != 'sltt' or int(k) < 1):
+        raise ValueError(f"k={k} (SLTT-K) needs grad mode 'sltt' and k >= 1, got mode {mode!r}")
+    if ottt_lambda is not None and (mode != 'ottt' or not 0.0 <= ottt_lambda <= 1.0):
+        raise ValueError(f"ottt_lambda={ottt_lambda} needs grad mode 'ottt' and a value in [0, 1]")
+    neurons = _neurons(model)
+    if mode in _PER_STEP:
+        if not neurons:
+            raise ValueError(f"grad mode {mode!r} needs a network of snnzoo neurons; {type(model).__name__} has none")
+        if any(n.stateful for n in neurons):
+            raise ValueError(f"grad mode {mode!r} runs every step from the previous step's detached membrane and "
+                             f"cannot continue a stateful=True stream; use set_stateful(model, False) or grad mode "
+                             f"'bptt' / 'exact'")
+        if not isinstance(getattr(model, 'T', None), int):
+            raise ValueError(f"grad mode {mode!r} needs a model with an integer attribute T (snnzoo's models); "
+                             f"{type(model).__name__} has none: use 'bptt' or 'exact'")
+    if mode == 'ottt':
+        spiky = sorted({type(m).__name__ for m in model.modules() if isinstance(m, spike_product_modules())})
+        if spiky:
+            raise ValueError(f"grad mode 'ottt' does not apply to {type(model).__name__}: its {', '.join(spiky)} "
+                             f"multiplies spikes by spikes, whose gradient no presynaptic trace gives; use 'sltt' "
+                             f"(also memory-flat in T), 'exact' or 'bptt'")
+        if ottt_lambda is None:
+            ottt_lambda = _membrane_decay(neurons[0])
+    set_block_checkpointing(model, mode == 'exact')
+    if hasattr(model, 'set_recompute_spikes') and mode == 'exact':
+        model.set_recompute_spikes(True)
+    model.grad_mode = mode
+    model.grad_mode_opts = {'k': None if k is None else int(k), 'ottt_lambda': ottt_lambda}
+    return model
+
+
+def _membrane_decay(neuron: BaseNode) -> float:
+    """lambda of H[t] = lambda V[t-1] + ...: 1 - 1/tau (LIF), 1 - sigmoid(w) (PLIF), 1 (IF)."""
+    if neuron.charge == 'if':
+        return 1.0
+    return 1.0 - (1.0 / neuron.tau if neuron.charge == 'lif' else float(neuron.decay().detach()))
+
+
+def get_grad_mode(model: nn.Module) -> str:
+    """The mode set by :func:`set_grad_mode` (``'bptt'`` by default); a DDP / compiled wrapper is looked through."""
+    return getattr(_unwrap(model), 'grad_mode', 'bptt')
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    while hasattr(model, 'module') and isinstance(model.module, nn.Module) or hasattr(model, '_orig_mod'):
+        model = getattr(model, 'module', None) or model._orig_mod
+    return model
+
+
+class GradModeMixin:
+    """``set_grad_mode`` and timm's ``set_grad_checkpointing`` (block-wise, exact; see :mod:`.grad_modes`)."""
+
+    grad_mode = 'bptt'
+
+    def set_grad_mode(self, mode: str, **opts) -> None:
+        set_grad_mode(self, mode, **opts)
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        set_block_checkpointing(self, enable)
+
+
+# -------------------------------------------------------------------------------------------- per-step execution
+def _trace_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """OTTT's conv / linear: the value ``f(x; W)``, the input gradient ``W^T g`` and the weight gradient ``g a^T``."""
+    state = self._ottt_state
+    if state['spikes'] is None:
+        state['spikes'] = bool(((x == 0) | (x == 1)).all())
+    if not state['spikes'] or not torch.is_grad_enabled():
+        return type(self).forward(self, x)
+    a = x.detach() if state['trace'] is None else torch.add(x.detach(), state['trace'], alpha=state['lambda'])
+    state['trace'] = a
+    weight, bias = self.weight, self.bias
+    if isinstance(self, nn.Linear):
+        value = F.linear(x, weight.detach(), None if bias is None else bias.detach())
+        grad_path = F.linear(a, weight, bias)
+    else:
+        value = self._conv_forward(x, weight.detach(), None if bias is None else bias.detach())
+        grad_path = self._conv_forward(a, weight, bias)
+    return value + (grad_path - grad_path.detach())
+
+
+@contextmanager
+def _per_step_execution(model: nn.Module, ottt_lambda: Optional[float]) -> Iterator[list]:
+    """The model run one step per call (``T = 1``), its neurons carrying the membrane between calls; OTTT's traced
+    layers when ``ottt_lambda`` is given. Everything is restored on exit."""
+    neurons, T = _neurons(model), model.T
+    traced = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+              ] if ottt_lambda is not None else []
+    model.T = 1
+    for n in neurons:
+        n.stateful, n.v = True, None
+    for m in traced:
+        m._ottt_state = {'lambda': float(ottt_lambda), 'trace': None, 'spikes': None}
+        m.forward = types.MethodType(_trace_forward, m)
+    try:
+        yield neurons
+    finally:
+        model.T = T
+        for n in neurons:
+            n.stateful, n.v = False, None
+        for m in traced:
+            del m.forward, m._ottt_state
+
+
+def _detach_state(neurons: list) -> None:
+    for n in neurons:
+        if n.v is not None:
+            n.v = n.v.detach()
+
+
+def forward_backward(model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion: Callable,
+                     per_step_output: bool = False, scale: Callable = lambda loss: loss,
+                     autocast=None, sync: Optional[Callable] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One training forward and backward of ``model`` in its grad mode; gradients accumulate into ``.grad``.
+
+    ``x``: ``[B, C, H, W]`` or event frames ``[B, T, C, H, W]``; ``criterion(out, y)`` a loss on logits
+    ``[B, num_classes]`` (or ``[T, B, num_classes]`` when ``per_step_output``, e.g. TET). ``scale(loss)`` is what is
+    back-propagated (e.g. ``loss / accum_steps`` or a grad scaler's ``scale``); ``autocast`` a context for the forwards;
+    ``sync(last)`` a context for each backward (e.g. DDP's ``no_sync`` unless ``last``).
+    Returns the detached logits (``[B, num_classes]``, averaged over T; per step ``[T, B, num_classes]``) and loss.
+    BPTT / exact: ``criterion(model(x), y)``. SLTT / OTTT: ``sum_t criterion(o_t, y) / T`` with one backward per step.
+    """
+    inner = _unwrap(model)
+    mode = getattr(inner, 'grad_mode', 'bptt')
+    autocast = autocast or nullcontext()
+    sync = sync or (lambda last: nullcontext())
+    if mode not in _PER_STEP:
+        with autocast:
+            out = model(x, return_per_step=True) if per_step_output else model(x)
+            loss = criterion(out, y)
+        with sync(True):
+            scale(loss).backward()
+        return out.detach(), loss.detach()
+    opts = inner.grad_mode_opts
+    T = x.shape[1] if x.dim() == 5 else inner.T
+    k = opts['k']
+    chosen = set(range(T)) if k is None or k >= T else set(random.sample(range(T), k))
+    last = max(chosen)
+    outs, loss_sum = [], 0.0
+    with _per_step_execution(inner, opts['ottt_lambda'] if mode == 'ottt' else None) as neurons:
+        for t in range(T):
+            xt = x[:, t:t + 1] if x.dim() == 5 else x
+            with torch.set_grad_enabled(t in chosen), autocast:
+                out = model(xt, return_per_step=True) if per_step_output else model(xt)
+                loss = criterion(out, y) / T
+            _detach_state(neurons)
+            if t in chosen:
+                with sync(t == last):
+                    scale(loss).backward()
+            outs.append(out.detach())
+            loss_sum = loss_sum + loss.detach()
+    out = torch.cat(outs) if per_step_output else torch.stack(outs).mean(0)
+    return out, loss_sum
