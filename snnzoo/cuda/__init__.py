@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ['is_available', 'require', 'neuron_multistep']
+__all__ = ['is_available', 'unusable', 'require', 'neuron_multistep']
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _CUPY_INSTALLED = importlib.util.find_spec('cupy') is not None
@@ -33,6 +33,26 @@ def is_available(x: Optional[torch.Tensor] = None) -> bool:
     return x is None or (x.is_cuda and x.dtype in DTYPES)
 
 
+_PROBED: dict = {}
+
+
+def unusable(device: torch.device) -> Optional[str]:
+    """Why the kernels cannot run on CUDA ``device`` although CuPy is installed (NVRTC missing or broken, a driver
+    CuPy cannot use, ...), naming the fix; None when they can. Found once per device by compiling and loading one
+    kernel (the result is cached, like the kernel)."""
+    index = torch.device(device).index or 0
+    if index not in _PROBED:
+        from . import kernels
+        try:
+            kernels.function(kernels.variant_for('fwd', 'float32', 'lif', True, 0), index)
+            _PROBED[index] = None
+        except Exception as error:  # ImportError, NVRTCError, CUDADriverError, CompileError, RuntimeError, ...
+            _PROBED[index] = (f"the fused CUDA kernels cannot run on cuda:{index}: {type(error).__name__}: "
+                              f"{error}. Fix: install the CuPy build matching your CUDA driver (pip install "
+                              f"'snnzoo[cuda]', or cupy-cuda12x for a CUDA 12 driver), or use backend='torch'")
+    return _PROBED[index]
+
+
 def require(x: torch.Tensor) -> None:
     """Raise a clear error when ``backend='cupy'`` cannot run ``x``."""
     if not _cupy_installed():
@@ -45,6 +65,9 @@ def require(x: torch.Tensor) -> None:
     if x.dtype not in DTYPES:
         raise TypeError(f"backend='cupy' runs float32, float16 and bfloat16 tensors, got {x.dtype}; use "
                         f"backend='torch' (or 'auto') for {x.dtype}")
+    problem = unusable(x.device)
+    if problem:
+        raise RuntimeError(f"backend='cupy': {problem} (backend='auto' falls back to torch)")
 
 
 def neuron_multistep(x: torch.Tensor, v0: Optional[torch.Tensor], k: Optional[torch.Tensor], cfg,

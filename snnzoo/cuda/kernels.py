@@ -4,7 +4,8 @@ A :class:`Variant` names one template instantiation of ``neuron_kernels.cu``: di
 storage dtype, charge (``'if'`` / ``'lif'`` / ``'plif'``), hard or soft reset and, for backward, the surrogate. The
 cheap options (decay_input, detach_reset, tau, thresholds, surrogate alpha, optional tensors) are runtime arguments,
 so there are 18 forward and 72 backward variants. Compiled code is cached per (variant, architecture): in memory, and
-on disk under ``$SNNZOO_KERNEL_CACHE`` (default ``~/.cache/snnzoo/kernels``); loaded kernels per (variant, device).
+on disk under ``$SNNZOO_KERNEL_CACHE`` (default ``~/.cache/snnzoo/kernels``, each file checked against its sha256
+and size before use); loaded kernels per (variant, device).
 
 CuPy is imported only when something is compiled or loaded.
 """
@@ -150,29 +151,38 @@ _functions: dict = {}
 _lock = threading.Lock()
 
 
+def _read_cached(path: Path) -> Optional[tuple[bytes, str]]:
+    """(image, lowered name) of a cache file ``<lowered>\n<sha256 of image> <size>\n<image>``, or None when it is
+    missing, truncated or corrupt (it is then recompiled and rewritten)."""
+    try:
+        lowered, digest, image = path.read_bytes().split(b'\n', 2)
+        expected, size = digest.split(b' ')
+    except (OSError, ValueError):
+        return None
+    if not lowered or len(image) != int(size) or hashlib.sha256(image).hexdigest().encode() != expected:
+        return None
+    return image, lowered.decode()
+
+
 def binary(variant: Variant, arch: int) -> tuple[bytes, str]:
     """(compiled image, mangled kernel name) of one variant for ``arch``, from the memory or disk cache or NVRTC."""
     key = (variant, arch)
     with _lock:
         if key in _binaries:
             return _binaries[key]
-    name = variant.name_expression
     path = cache_dir() / f"{_cache_key(variant, arch)}.bin"
-    entry = None
-    if path.is_file():
-        lowered, _, image = path.read_bytes().partition(b'\n')
-        if lowered and image:
-            entry = (image, lowered.decode())
+    entry = _read_cached(path)
     if entry is None:
         compiled = compile_variants([variant], arch)
-        entry = (compiled.image, compiled.lowered[name])
+        entry = (compiled.image, compiled.lowered[variant.name_expression])
+        tmp = path.with_suffix(f'.{os.getpid()}.tmp')
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f'.{os.getpid()}.tmp')
-            tmp.write_bytes(entry[1].encode() + b'\n' + entry[0])
+            digest = f"{hashlib.sha256(entry[0]).hexdigest()} {len(entry[0])}".encode()
+            tmp.write_bytes(b'\n'.join((entry[1].encode(), digest, entry[0])))
             os.replace(tmp, path)
-        except OSError:
-            pass  # a read-only cache only costs a recompile next time
+        except OSError:  # a read-only or full cache only costs a recompile next time
+            tmp.unlink(missing_ok=True)
     with _lock:
         _binaries[key] = entry
     return entry

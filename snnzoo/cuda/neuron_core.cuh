@@ -1,42 +1,46 @@
-// Per-neuron recurrence of snnzoo's multi-step LIF / IF / PLIF nodes, written once as __host__ __device__ code.
+// Per-neuron recurrence of snnzoo's multi-step LIF / IF / PLIF nodes: the device code of the fused kernels
+// (neuron_kernels.cu). NVRTC compiles it for the GPU; the CPU tests compile the very same code for the host through
+// a shim of the CUDA built-ins (tests/cuda_host/shim.h). Both keep every float operation separately rounded (NVRTC
+// --fmad=false, g++ -ffp-contract=off); the fused multiply-adds below are explicit fmaf calls where the torch
+// backend uses addcmul (which PyTorch fuses).
 //
-// NVRTC compiles it into the fused kernels (neuron_kernels.cu); the host C++ compiler compiles it into the small
-// test library (host_reference.cpp) that the CPU test suite checks against snnzoo's torch backend. Both builds must
-// keep every float operation separately rounded (NVRTC --fmad=false, g++ -ffp-contract=off); the fused
-// multiply-adds below are explicit fmaf calls where the torch backend uses addcmul (which PyTorch fuses).
-//
-// Layout: a sequence tensor is [T, N] (time first, N neurons, contiguous); a state tensor is [N].
+// Layout: a sequence tensor is [T, N] (time first, N neurons; each step dense, in any memory order shared by every
+// tensor of one launch, e.g. channels-last frames); a state tensor is [N] in the same order.
 // Per neuron, for t = 0..T-1, from V = v0 (or V_reset, 0 for soft reset):
 //   charge  IF                      H = V + X
 //           LIF decay_input         H = (X - (V - V_reset)) / tau + V
 //           PLIF decay_input        H = (X - (V - V_reset)) k + V
 //           LIF/PLIF !decay_input   H = (V - (V - V_reset) / tau) + X        (PLIF: "* k")
 //   fire    S = (H >= V_th)
-//   reset   hard: V = S ? V_reset : H;   soft: V = S ? H - V_th : H
-// Backward (reverse time, carry = dL/dV[t], sg = surrogate'(H - V_th)):
+//   reset   hard: V = H - H S (+ V_reset S);   soft: V = H - V_th S       (float arithmetic: inf H gives NaN V)
+// Backward (reverse time, carry = dL/dV[t], absent at t = T-1 without dL/dV[T]; sg = surrogate'(H - V_th)):
 //   gH      = gS sg - [carry (H - V_reset) sg] + carry (1 - S)     hard reset
 //           = gS sg - [V_th carry sg] + carry                       soft reset ([...]: dropped by detach_reset)
 //   gX      = gH / tau or gH k (decay_input), else gH;   carry <- gH - gH / tau (or gH k)   (IF: gX = carry <- gH)
 //   PLIF    dL/dk += gH dH/dk,  dH/dk = (H - V[t-1]) / k (decay_input) or -(V[t-1] - V_reset)
-// The operation order and the fused multiply-adds are those of snnzoo's torch backend (snnzoo/layers/neuron.py),
-// so float32 results agree bit for bit except for the sigmoid's exp (a few ulp).
+// The operation order, the fused multiply-adds and the NaN / inf propagation are those of snnzoo's torch backend
+// (snnzoo/layers/neuron.py), so float32 results agree bit for bit except for the sigmoid's exp (a few ulp).
 // Arithmetic is float32. Sequences are stored as float, IEEE half or bfloat16 (round to nearest even); the state
 // (v0, V[T] and their gradients, [N]) is always float32. For 16-bit storage the saved H is nudged by one unit in
 // the last place where rounding would flip (H >= V_th), so backward recomputes exactly the spikes forward emitted.
+// PLIF saves H in float32 in every dtype (SavedH): its dL/dk sums gH (H - V[t-1]) / k, whose subtraction would
+// cancel most of a 16-bit H's 8 or 11 bits (and the division by a small k magnify the rest).
 #pragma once
 
-#if !defined(__CUDACC_RTC__)
-#include <math.h>
-#include <string.h>
-#if !defined(__CUDA_ARCH__) && defined(__FLT16_MAX__)
-#define SNN_HOST_FP16 1  // the host compiler has _Float16 (IEEE half): the host build supports half storage
-#endif
-#endif
+#define SNN_HD __device__ __forceinline__
 
-#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
-#define SNN_HD __host__ __device__ __forceinline__
-#else
-#define SNN_HD inline
+#if defined(__CUDACC_RTC__)
+// IEEE half <-> float32 (the host emulation's shim defines the same two functions)
+__device__ __forceinline__ float snn_half_to_float(unsigned short b) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(b));
+    return f;
+}
+__device__ __forceinline__ unsigned short snn_float_to_half(float f) {
+    unsigned short b;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(b) : "f"(f));
+    return b;
+}
 #endif
 
 namespace snn {
@@ -48,9 +52,10 @@ enum Flag {
     F_DETACH_RESET = 2,   // backward: the reset path carries no surrogate gradient
     F_HAS_V0 = 4,         // an initial state tensor is given (else V_reset, or 0 for soft reset)
     F_SAVE_H = 8,         // forward: write H for backward
-    F_HAS_GRAD_V = 16,    // backward: a gradient w.r.t. V[T] is given (else 0)
+    F_HAS_GRAD_V = 16,    // backward: a gradient w.r.t. V[T] is given (else none flows in)
     F_GRAD_V0 = 32,       // backward: write dL/dv0
     F_VEC = 64,           // kernels: 16-byte vector loads (N divisible by the vector width, pointers aligned)
+    F_HAS_GRAD_S = 128,   // backward: a gradient w.r.t. the spikes is given (else 0)
 };
 
 // Runtime options. v_reset is 0 for soft reset. Surrogate constants (float32 of the torch backend's scalars):
@@ -66,36 +71,22 @@ struct Params {
 struct half16 { unsigned short bits; };
 struct bfloat16 { unsigned short bits; };
 
-SNN_HD unsigned float_to_bits(float f) {
-#if defined(__CUDA_ARCH__)
-    return __float_as_uint(f);
-#else
-    unsigned u;
-    memcpy(&u, &f, sizeof(u));
-    return u;
-#endif
-}
-
-SNN_HD float bits_to_float(unsigned u) {
-#if defined(__CUDA_ARCH__)
-    return __uint_as_float(u);
-#else
-    float f;
-    memcpy(&f, &u, sizeof(f));
-    return f;
-#endif
-}
+// Storage of the H that forward saves for backward: the sequences' type S, float for PLIF.
+template <class S, int CHARGE> struct SavedH { using type = S; };
+template <class S> struct SavedH<S, CHARGE_PLIF> { using type = float; };
 
 SNN_HD float to_float(float v) { return v; }
-
-SNN_HD float to_float(bfloat16 v) { return bits_to_float(static_cast<unsigned>(v.bits) << 16); }
+SNN_HD float to_float(half16 v) { return snn_half_to_float(v.bits); }
+SNN_HD float to_float(bfloat16 v) { return __uint_as_float(static_cast<unsigned>(v.bits) << 16); }
 
 template <class S> SNN_HD S from_float(float f);
 
 template <> SNN_HD float from_float<float>(float f) { return f; }
 
+template <> SNN_HD half16 from_float<half16>(float f) { return half16{snn_float_to_half(f)}; }
+
 template <> SNN_HD bfloat16 from_float<bfloat16>(float f) {
-    unsigned u = float_to_bits(f);
+    unsigned u = __float_as_uint(f);
     bfloat16 r;
     if ((u & 0x7fffffffu) > 0x7f800000u) {
         r.bits = static_cast<unsigned short>((u >> 16) | 0x40u);  // quiet NaN
@@ -105,31 +96,6 @@ template <> SNN_HD bfloat16 from_float<bfloat16>(float f) {
     }
     return r;
 }
-
-#if defined(__CUDA_ARCH__) || defined(SNN_HOST_FP16)
-SNN_HD float to_float(half16 v) {
-#if defined(__CUDA_ARCH__)
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.bits));
-    return f;
-#else
-    _Float16 h;
-    memcpy(&h, &v.bits, sizeof(h));
-    return static_cast<float>(h);
-#endif
-}
-
-template <> SNN_HD half16 from_float<half16>(float f) {
-    half16 r;
-#if defined(__CUDA_ARCH__)
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.bits) : "f"(f));
-#else
-    const _Float16 h = static_cast<_Float16>(f);
-    memcpy(&r.bits, &h, sizeof(h));
-#endif
-    return r;
-}
-#endif
 
 // The neighbouring 16-bit value towards +inf (up) or -inf (down) of a finite sign-magnitude encoding.
 SNN_HD unsigned short step16(unsigned short b, bool up) {
@@ -146,44 +112,38 @@ template <class S> SNN_HD S keep_spike16(S r, float h, float v_threshold) {
     return r;
 }
 
-#if defined(__CUDA_ARCH__) || defined(SNN_HOST_FP16)
 template <> SNN_HD half16 keep_spike<half16>(half16 r, float h, float v_threshold) {
     return keep_spike16(r, h, v_threshold);
 }
-#endif
 
 template <> SNN_HD bfloat16 keep_spike<bfloat16>(bfloat16 r, float h, float v_threshold) {
     return keep_spike16(r, h, v_threshold);
 }
 
-// W consecutive elements starting at p. On the device, W > 1 lanes move as 16-byte vectors (p must be 16-byte
-// aligned and W * sizeof(S) a multiple of 16).
+// W consecutive elements starting at p; W > 1 lanes move as 16-byte vectors (p must be 16-byte aligned and
+// W * sizeof(S) a multiple of 16).
 template <int W, class S> SNN_HD void load_lanes(const S* p, float* out) {
-#if defined(__CUDA_ARCH__)
     if constexpr (W > 1) {
         static_assert(W * sizeof(S) % 16 == 0, "vector accesses are whole 16-byte words");
         constexpr int V = W * sizeof(S) / 16;
         union { uint4 u[V]; S e[W]; } pack;
         for (int j = 0; j < V; ++j) pack.u[j] = reinterpret_cast<const uint4*>(p)[j];
         for (int j = 0; j < W; ++j) out[j] = to_float(pack.e[j]);
-        return;
+    } else {
+        out[0] = to_float(p[0]);
     }
-#endif
-    for (int j = 0; j < W; ++j) out[j] = to_float(p[j]);
 }
 
 template <int W, class S> SNN_HD void store_packed(S* p, const S* e) {
-#if defined(__CUDA_ARCH__)
     if constexpr (W > 1) {
         static_assert(W * sizeof(S) % 16 == 0, "vector accesses are whole 16-byte words");
         constexpr int V = W * sizeof(S) / 16;
         union { uint4 u[V]; S e[W]; } pack;
         for (int j = 0; j < W; ++j) pack.e[j] = e[j];
         for (int j = 0; j < V; ++j) reinterpret_cast<uint4*>(p)[j] = pack.u[j];
-        return;
+    } else {
+        p[0] = e[0];
     }
-#endif
-    for (int j = 0; j < W; ++j) p[j] = e[j];
 }
 
 template <int W, class S> SNN_HD void store_lanes(S* p, const float* in) {
@@ -210,13 +170,15 @@ template <int CHARGE> SNN_HD float charge(const Params& p, float x, float v, flo
     return decay_input ? (x - dv) * k + v : (v - dv * k) + x;
 }
 
-SNN_HD bool fire(const Params& p, float h) { return h >= p.v_threshold; }
+SNN_HD float fire(const Params& p, float h) { return h >= p.v_threshold ? 1.0f : 0.0f; }
 
-template <bool HARD> SNN_HD float reset(const Params& p, float h, bool spike) {
-    return spike ? (HARD ? p.v_reset : h - p.v_threshold) : h;
+template <bool HARD> SNN_HD float reset(const Params& p, float h, float s) {
+    if (!HARD) return h - p.v_threshold * s;
+    const float v = h - h * s;
+    return p.v_reset != 0.0f ? v + p.v_reset * s : v;
 }
 
-// d Heaviside / dz, replaced by the surrogate derivative sg(z), z = H - V_th.
+// d Heaviside / dz, replaced by the surrogate derivative sg(z), z = H - V_th (NaN in, NaN out, as in torch).
 template <int SG> SNN_HD float surrogate_grad(const Params& p, float z) {
     if (SG == SG_SIGMOID) {
         const float s = 1.0f / (1.0f + expf(-(z * p.c1)));
@@ -227,50 +189,53 @@ template <int SG> SNN_HD float surrogate_grad(const Params& p, float z) {
         return (1.0f / (u * u + 1.0f)) * p.c2;
     }
     if (SG == SG_RECTANGLE) return fabsf(z) < p.c1 ? p.c2 : 0.0f;
-    return fmaxf(fabsf(z) * p.c1 + p.c2, 0.0f);
+    const float q = fabsf(z) * p.c1 + p.c2;
+    return q < 0.0f ? 0.0f : q;  // clamp_min(0), keeping NaN (fmaxf would drop it)
 }
 
-// Backward through step t: returns dL/dV[t-1]; writes dL/dX[t] and this step's dL/dk term (PLIF).
+// Backward through step t: returns dL/dV[t-1]; writes dL/dX[t] and this step's dL/dk term (PLIF). ``carry`` is
+// used only when ``has_carry``; ``dh_dk`` is dH/dk (PLIF).
 template <int CHARGE, bool HARD, int SG>
-SNN_HD float backward_step(const Params& p, float h, float grad_s, float carry, float v_prev, float k,
-                           float& grad_x, float& grad_k) {
+SNN_HD float backward_step(const Params& p, float h, float grad_s, bool has_carry, float carry, float dh_dk,
+                           float k, float& grad_x, float& grad_k) {
     const float sg = surrogate_grad<SG>(p, h - p.v_threshold);
     const bool detach = (p.flags & F_DETACH_RESET) != 0;
-    float gh = grad_s * sg;
-    if (HARD) {
-        if (!detach) gh = fmaf(-carry, (h - p.v_reset) * sg, gh);
-        gh = gh + (fire(p, h) ? 0.0f : carry);
-    } else {
-        if (!detach) gh = fmaf(-p.v_threshold * carry, sg, gh);
-        gh = gh + carry;
+    float gh = (p.flags & F_HAS_GRAD_S) ? grad_s * sg : 0.0f;
+    if (has_carry) {
+        if (HARD) {
+            if (!detach) gh = fmaf(-carry, (h - p.v_reset) * sg, gh);
+            gh = fmaf(carry, 1.0f - fire(p, h), gh);
+        } else {
+            if (!detach) gh = fmaf(-p.v_threshold * carry, sg, gh);
+            gh = gh + carry;
+        }
     }
     if (CHARGE == CHARGE_IF) {
         grad_x = gh;
         return gh;
     }
-    const bool decay_input = (p.flags & F_DECAY_INPUT) != 0;
-    if (CHARGE == CHARGE_PLIF) grad_k = gh * (decay_input ? (h - v_prev) / k : -(v_prev - p.v_reset));
+    if (CHARGE == CHARGE_PLIF) grad_k = dh_dk * gh;
     const float decayed = CHARGE == CHARGE_LIF ? gh / p.tau : gh * k;
-    grad_x = decay_input ? decayed : gh;
+    grad_x = (p.flags & F_DECAY_INPUT) ? decayed : gh;
     return gh - decayed;
 }
 
-// ---- the recurrence over T for W neighbouring neurons (W = 1 on the host) ---------------------------------------
+// ---- the recurrence over T for W neighbouring neurons (W = 1: one neuron) ---------------------------------------
 
-template <class S> struct ForwardArgs {
+template <class S, class HS> struct ForwardArgs {
     const S* x;        // [T, N]
     const float* v0;   // [N] or null
     S* spikes;         // [T, N]
-    S* h;              // [T, N] (written when F_SAVE_H)
+    HS* h;             // [T, N] (written when F_SAVE_H)
     float* v_last;     // [N]
     long long n;
     int steps;
 };
 
-template <class S> struct BackwardArgs {
-    const S* grad_s;       // [T, N]
+template <class S, class HS> struct BackwardArgs {
+    const S* grad_s;       // [T, N] or null (F_HAS_GRAD_S)
     const float* grad_v;   // [N] or null: dL/dV[T]
-    const S* h;            // [T, N] as saved by forward
+    const HS* h;           // [T, N] as saved by forward
     const float* v0;       // [N] or null
     S* grad_x;             // [T, N]
     float* grad_v0;        // [N] (written when F_GRAD_V0)
@@ -278,8 +243,8 @@ template <class S> struct BackwardArgs {
     int steps;
 };
 
-template <int CHARGE, bool HARD, int W, class S>
-SNN_HD void forward_lanes(const Params& p, const ForwardArgs<S>& a, long long i, float k) {
+template <int CHARGE, bool HARD, int W, class S, class HS>
+SNN_HD void forward_lanes(const Params& p, const ForwardArgs<S, HS>& a, long long i, float k) {
     float v[W];
     if (p.flags & F_HAS_V0) {
         load_lanes<W>(a.v0 + i, v);
@@ -292,9 +257,8 @@ SNN_HD void forward_lanes(const Params& p, const ForwardArgs<S>& a, long long i,
         load_lanes<W>(a.x + o, x);
         for (int j = 0; j < W; ++j) {
             h[j] = charge<CHARGE>(p, x[j], v[j], k);
-            const bool spike = fire(p, h[j]);
-            s[j] = spike ? 1.0f : 0.0f;
-            v[j] = reset<HARD>(p, h[j], spike);
+            s[j] = fire(p, h[j]);
+            v[j] = reset<HARD>(p, h[j], s[j]);
         }
         store_lanes<W>(a.spikes + o, s);
         if (p.flags & F_SAVE_H) store_h_lanes<W>(a.h + o, h, p.v_threshold);
@@ -303,10 +267,11 @@ SNN_HD void forward_lanes(const Params& p, const ForwardArgs<S>& a, long long i,
 }
 
 // Returns this thread's share of dL/dk (PLIF; 0 otherwise), summed in double.
-template <int CHARGE, bool HARD, int SG, int W, class S>
-SNN_HD double backward_lanes(const Params& p, const BackwardArgs<S>& a, long long i, float k) {
+template <int CHARGE, bool HARD, int SG, int W, class S, class HS>
+SNN_HD double backward_lanes(const Params& p, const BackwardArgs<S, HS>& a, long long i, float k) {
     float carry[W], h[W];
-    if (p.flags & F_HAS_GRAD_V) {
+    bool has_carry = (p.flags & F_HAS_GRAD_V) != 0;
+    if (has_carry) {
         load_lanes<W>(a.grad_v + i, carry);
     } else {
         for (int j = 0; j < W; ++j) carry[j] = 0.0f;
@@ -314,8 +279,9 @@ SNN_HD double backward_lanes(const Params& p, const BackwardArgs<S>& a, long lon
     load_lanes<W>(a.h + (a.steps - 1) * a.n + i, h);
     double grad_k = 0.0;
     for (int t = a.steps - 1; t >= 0; --t) {
-        float h_prev[W], v_prev[W], gs[W], gx[W];
-        for (int j = 0; j < W; ++j) h_prev[j] = 0.0f;
+        const long long o = t * a.n + i;
+        float h_prev[W], v_prev[W], gs[W], gx[W], dh_dk[W];
+        for (int j = 0; j < W; ++j) h_prev[j] = gs[j] = 0.0f;
         if (t > 0) {
             load_lanes<W>(a.h + (t - 1) * a.n + i, h_prev);
             for (int j = 0; j < W; ++j) v_prev[j] = reset<HARD>(p, h_prev[j], fire(p, h_prev[j]));
@@ -324,14 +290,20 @@ SNN_HD double backward_lanes(const Params& p, const BackwardArgs<S>& a, long lon
         } else {
             for (int j = 0; j < W; ++j) v_prev[j] = initial_v<HARD>(p);
         }
-        const long long o = t * a.n + i;
-        load_lanes<W>(a.grad_s + o, gs);
+        if (p.flags & F_HAS_GRAD_S) load_lanes<W>(a.grad_s + o, gs);
+        if (CHARGE == CHARGE_PLIF) {
+            for (int j = 0; j < W; ++j) {
+                dh_dk[j] = (p.flags & F_DECAY_INPUT) ? (h[j] - v_prev[j]) / k : -(v_prev[j] - p.v_reset);
+            }
+        }
         for (int j = 0; j < W; ++j) {
             float dk = 0.0f;
-            carry[j] = backward_step<CHARGE, HARD, SG>(p, h[j], gs[j], carry[j], v_prev[j], k, gx[j], dk);
+            carry[j] = backward_step<CHARGE, HARD, SG>(p, h[j], gs[j], has_carry, carry[j],
+                                                       CHARGE == CHARGE_PLIF ? dh_dk[j] : 0.0f, k, gx[j], dk);
             if (CHARGE == CHARGE_PLIF) grad_k += static_cast<double>(dk);
             h[j] = h_prev[j];
         }
+        has_carry = true;
         store_lanes<W>(a.grad_x + o, gx);
     }
     if (p.flags & F_GRAD_V0) store_lanes<W>(a.grad_v0 + i, carry);
