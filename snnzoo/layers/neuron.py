@@ -19,9 +19,10 @@ Membrane state is never part of the state_dict.
 Backends: ``'torch'`` runs the recurrence in one autograd Function (allocation-free steps, saving only H for backward;
 float16 / bfloat16 inputs are computed in float32),
 ``'cupy'`` the fused CUDA kernels of :mod:`snnzoo.cuda`, ``'auto'`` the kernels for CUDA tensors when CuPy is
-installed, else torch.
+installed and works, else torch (a broken CuPy, e.g. NVRTC missing, gets one warning).
 """
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -213,13 +214,24 @@ def neuron_multistep(x: torch.Tensor, v0: Optional[torch.Tensor], k: Optional[to
 
 
 def _use_cupy(backend: str, x: torch.Tensor) -> bool:
+    """'cupy' raises when the kernels cannot run ``x``; 'auto' then falls back to torch (warning once per device
+    when CuPy is installed but broken)."""
     if backend == 'torch':
         return False
     from snnzoo import cuda
     if backend == 'cupy':
         cuda.require(x)
         return True
-    return cuda.is_available(x)
+    if not cuda.is_available(x):
+        return False
+    problem = cuda.unusable(x.device)
+    if problem and problem not in _WARNED:
+        _WARNED.add(problem)
+        warnings.warn(f"backend='auto' uses the torch backend: {problem}", RuntimeWarning, stacklevel=3)
+    return problem is None
+
+
+_WARNED: set = set()
 
 
 def _check_backend(backend: str) -> str:
