@@ -19,7 +19,8 @@ from snnzoo.data import (NMNIST, DVS128Gesture, EventFileError, FrameCache, IdxF
                          build_event_transforms, build_transforms, dataset_info, digits_split, integrate_frames,
                          read_aedat2, read_aedat31, read_gesture_labels, read_idx, read_nmnist_bin)
 from snnzoo.data.event_datasets import read_cifar10_dvs
-from snnzoo.data.events import _PACKET_HEADER
+
+from event_files import AEDAT31_HEADER, _packet, _polarity_words, write_aedat2, write_aedat31  # noqa: E402
 
 sj_utils = pytest.importorskip('spikingjelly.datasets.utils')
 
@@ -126,49 +127,6 @@ def test_nmnist_dataset(nmnist_root, tmp_path):
     assert batch.shape == (5, 8, 2, 34, 34) and labels.tolist() == [0, 0, 1, 1, 2]
     info = dataset_info('nmnist')
     assert (info.kind, info.num_classes, info.input_size) == ('event', 10, (2, 34, 34))
-
-
-# ---------------------------------------------------------------- AEDAT writers (test-only), exact container formats
-
-def write_aedat2(path: Path, x, y, p, t) -> None:
-    """AEDAT 2.0 (jAER) with DVS128 addresses: ``#`` header lines, then big-endian (uint32 address, int32 t)."""
-    address = (np.asarray(y, np.uint32) << 8) | (np.asarray(x, np.uint32) << 1) | np.asarray(p, np.uint32)
-    body = np.stack([address, np.asarray(t, np.uint32)], axis=1).astype('>u4').tobytes()
-    header = (b"#!AER-DAT2.0\r\n# This is a raw AE data file - do not edit\r\n"
-              b"# Data format is int32 address, int32 timestamp (8 bytes total), repeated for each event\r\n"
-              b"# Timestamps tick is 1 us\r\n# created Thu Jan 01 00:00:00 UTC 2015\r\n")
-    path.write_bytes(header + body)
-
-
-def _packet(e_type, events: np.ndarray, overflow=0, capacity=None, valid=None) -> bytes:
-    """One AEDAT 3.1 packet: 28-byte little-endian header + ``capacity`` 8-byte events (``events``: [n, 2] uint32)."""
-    number = len(events)
-    capacity = number if capacity is None else capacity
-    padded = np.zeros((capacity, 2), dtype='<u4')
-    padded[:number] = events
-    valid = number if valid is None else valid
-    return _PACKET_HEADER.pack(e_type, 1, 8, 4, overflow, capacity, number, valid) + padded.tobytes()
-
-
-def _polarity_words(x, y, p, t, valid=1):
-    data = (np.asarray(x, np.uint32) << 17) | (np.asarray(y, np.uint32) << 2) | (np.asarray(p, np.uint32) << 1) | valid
-    return np.stack([data, np.asarray(t, np.uint32) & 0x7FFFFFFF], axis=1)
-
-
-AEDAT31_HEADER = (b"#!AER-DAT3.1\r\n#Format: RAW\r\n#Source 1: DVS128\r\n"
-                  b"#Start-Time: 2017-01-01 00:00:00 (TZ+0000)\r\n#!END-HEADER\r\n")
-
-
-def write_aedat31(path: Path, x, y, p, t, packet_events=1000) -> None:
-    """AEDAT 3.1 (cAER) polarity packets of ``packet_events`` events each; ``t >= 2**31`` uses the overflow field."""
-    t = np.asarray(t, np.int64)
-    packets = []
-    for start in range(0, len(t), packet_events):
-        part = slice(start, start + packet_events)
-        overflow = int(t[start] >> 31)
-        assert np.all(t[part] >> 31 == overflow)
-        packets.append(_packet(1, _polarity_words(x[part], y[part], p[part], t[part]), overflow))
-    path.write_bytes(AEDAT31_HEADER + b''.join(packets))
 
 
 def test_aedat2_round_trip_and_spikingjelly(sample_bin, tmp_path):
