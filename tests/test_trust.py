@@ -283,3 +283,234 @@ def test_pretrained_loads_the_bytes_that_were_hashed(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match='sha256 mismatch'):
         snnzoo.create_model(DIGITS, pretrained=True)
     assert SwapAfterHash.swaps == 1
+
+
+# --- every unclear message of the probe, made clear ------------------------------------------------------------------
+
+def test_bad_weight_files_name_the_file_and_the_problem(run_dir, tmp_path):
+    model = snnzoo.create_model(DIGITS)
+    genuine = (ROOT / 'checkpoints' / model.pretrained_cfg['file']).read_bytes()
+    cut = tmp_path / 'cut.safetensors'
+    cut.write_bytes(genuine[:len(genuine) // 2])
+    huge = tmp_path / 'huge.safetensors'
+    huge.write_bytes((2 ** 40).to_bytes(8, 'little') + genuine[8:])  # a header length far past the file's end
+    empty = tmp_path / 'empty.pth'
+    empty.write_bytes(b'')
+    for path, problem in ((cut, 'truncated or corrupt'), (huge, 'truncated or corrupt'), (empty, r'empty \(0 bytes\)'),
+                          (run_dir, 'is a folder, not a weights file')):
+        with pytest.raises((ValueError, OSError, RuntimeError), match=problem) as err:
+            snnzoo.load_checkpoint(model, path)
+        assert str(path) in str(err.value)
+    with pytest.raises(CheckpointError, match=r"(?s)'/nonexistent/run' does not exist.*run folder") as err:
+        run_evaluation(_eval_cfg('/nonexistent/run', tmp_path / 'eval'))
+    assert 'model.safetensors\'' not in str(err.value).split('does not exist')[0]
+    published = tmp_path / DIGITS / 'x-0123456789abcdef.safetensors'
+    published.parent.mkdir()
+    published.write_bytes(genuine)
+    with pytest.raises(CheckpointError, match=r'no config file .*x\.config\.json'):
+        load_trained_model(published)
+
+
+def test_resume_with_another_model_config_lists_the_keys(run_dir, tmp_path):
+    last = run_dir / 'checkpoints' / 'last.pt'
+    with pytest.raises(CheckpointError, match=r'(?s)another model configuration.*shape mismatch.*model.checkpoint='):
+        run_training(_train_cfg(tmp_path, 'model.kwargs.embed_dim=32', 'trainer.max_steps=2', f'ckpt_path={last}'))
+
+
+def test_disk_full_during_a_checkpoint_save_keeps_the_last_one(run_dir, tmp_path, monkeypatch):
+    """A writer failing with ENOSPC mid-save (torch.save then reports 'unexpected pos'): the message says no space is
+    left and names the last good checkpoint, whose bytes are unchanged; no temporary file is left."""
+    import hashlib
+
+    from snnzoo import _files
+    path = tmp_path / 'checkpoints' / 'last.pt'
+    path.parent.mkdir()
+    shutil.copy(run_dir / 'checkpoints' / 'last.pt', path)
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    state = load_training_state(path)
+    real_fdopen = os.fdopen
+
+    class Full:
+        def __init__(self, f):
+            self.f, self.written = f, 0
+
+        def write(self, data):
+            self.written += len(data)
+            if self.written > 4096:
+                raise OSError(errno.ENOSPC, 'No space left on device')
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+    monkeypatch.setattr(_files.os, 'fdopen', lambda fd, mode: Full(real_fdopen(fd, mode)))
+    with pytest.raises(CheckpointError, match=rf'(?s)no space left.*last good checkpoint {path} is intact') as err:
+        save_training_state(path, state)
+    assert 'unexpected pos' in repr(err.value.__cause__) or isinstance(err.value.__cause__, OSError)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+    assert [p.name for p in path.parent.iterdir()] == ['last.pt']
+
+
+def test_model_input_messages():
+    model = snnzoo.create_model(DIGITS, pretrained=True).eval()
+    x = torch.rand(4, 1, 8, 8)
+    for dtype in (torch.float64, torch.float16):
+        with pytest.raises(TypeError, match=rf'float32 parameters but the input is {dtype}: cast the input .* or the '
+                                            rf'model'):
+            model(x.to(dtype))
+    bad = x.clone()
+    bad[2, 0, 1, 1] = float('nan')
+    with pytest.raises(FloatingPointError, match=r'NaN or infinite values \(first in sample 2 of 4\)'):
+        model(bad)
+    bad[2, 0, 1, 1] = float('inf')
+    with pytest.raises(FloatingPointError, match='sample 2'):
+        model(bad)
+    with pytest.raises(ValueError, match=r'num_classes=-1 must be an integer >= 0'):
+        snnzoo.create_model(DIGITS, num_classes=-1)
+
+
+FAMILIES = [('spikformer_1_64_digits', {}), ('spikingformer_2_384_cifar', dict(embed_dim=64, depth=1, num_heads=4)),
+            ('sdt_2_512_cifar', dict(embed_dim=64, depth=1, num_heads=4)),
+            ('qkformer_4_384_cifar', dict(embed_dim=64, num_heads=4)),
+            ('meta_spikeformer_8_384', dict(img_size=32, embed_dim=(16, 32, 64, 64), depth=(1, 1, 1, 1), num_heads=4)), ('sew_resnet_fmnist', {}), ('ms_resnet18', {})]
+
+
+@pytest.mark.parametrize('name, kwargs', FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_empty_batch_gives_an_empty_output(name, kwargs):
+    """B = 0, every family: the output has the shape of a one-sample forward with the batch size replaced by 0."""
+    model = snnzoo.create_model(name, T=1, num_classes=7, **kwargs).eval()
+    c, h, w = model.pretrained_cfg['input_size']
+    h = w = kwargs.get('img_size', min(h, 32))
+    for per_step in (False, True):
+        with torch.no_grad():
+            one = model(torch.rand(1, c, h, w), return_per_step=per_step)
+            empty = model(torch.rand(0, c, h, w), return_per_step=per_step)
+        expected = list(one.shape)
+        expected[1 if per_step else 0] = 0
+        assert list(empty.shape) == expected and empty.dtype == one.dtype
+
+
+def _nan_digits(name, split, **opts):
+    """The digits data set with every 7th sample (5, 12, ...) set to NaN (a corrupt file's decoded values)."""
+    from snnzoo.data import build_dataset
+
+    class WithNaN(torch.utils.data.Dataset):
+        def __init__(self):
+            self.inner = build_dataset(name, split=split, **opts)
+
+        def __len__(self):
+            return len(self.inner)
+
+        def __getitem__(self, i):
+            x, y = self.inner[i]
+            return (torch.full_like(x, float('nan')) if i % 7 == 5 else x), y
+    return WithNaN()
+
+
+def test_non_finite_data_stops_training_eval_and_energy(run_dir, tmp_path, monkeypatch):
+    nan_data = [f'data.train._target_={__name__}._nan_digits', f'data.test._target_={__name__}._nan_digits']
+    with pytest.raises(FloatingPointError, match=r'training batch \d+ of epoch 0 holds NaN .*first in sample'):
+        run_training(_train_cfg(tmp_path / 'train', *nan_data, 'trainer.max_steps=5'))
+    cfg = _compose([f'checkpoint={run_dir}', f'paths.output_dir={tmp_path}/eval', 'energy.enabled=false',
+                    'data=digits', f'data.test._target_={__name__}._nan_digits', 'batch_size=4'], name='eval')
+    with pytest.raises(FloatingPointError, match=r'evaluation batch 1 holds NaN .*first in sample 1 of the batch'):
+        run_evaluation(cfg)
+    from snnzoo.energy import cli
+    real = cli._dataset_batches
+    monkeypatch.setattr(cli, '_dataset_batches', lambda args: (
+        torch.utils.data.DataLoader(_nan_digits('digits', 'test'), batch_size=4), 'digits with a NaN sample'))
+    with pytest.raises(SystemExit, match=r'batch 1 of digits with a NaN sample holds NaN .*sample 1'):
+        cli.main([DIGITS, '--data', 'digits', '--batches', '3', '--batch-size', '4', '--no-plot',
+                  '--out', str(tmp_path / 'energy')])
+    assert real is not None
+
+
+@pytest.mark.parametrize('override, message', [
+    ('optim.lr=abc', "optim.lr='abc' must be a positive number; set it on the command line, e.g. optim.lr=0.001"),
+    ('trainer.epochs=0', 'trainer.epochs=0 must be a positive integer'),
+    ('data.batch_size=-4', 'data.batch_size=-4 must be a positive integer'),
+    ('trainer.max_steps=2.5', 'trainer.max_steps=2.5 must be a positive integer'),
+])
+def test_bad_training_settings_name_the_key(tmp_path, override, message):
+    with pytest.raises(ValueError, match=message.replace('(', r'\(').replace('.', r'\.')):
+        run_training(_train_cfg(tmp_path, override))
+
+
+def test_aedat_messages(tmp_path):
+    from event_files import AEDAT31_HEADER, _packet, _polarity_words, write_aedat2
+
+    from snnzoo.data import EventFileError, read_aedat2, read_aedat31
+    path = tmp_path / 'neg.aedat'
+    path.write_bytes(AEDAT31_HEADER + _packet(1, _polarity_words([1], [2], [1], [5]), overflow=-1))
+    with pytest.raises(EventFileError, match='timestamp overflow -1') as err:
+        read_aedat31(path)
+    assert str(path) in str(err.value)
+    path.write_bytes(AEDAT31_HEADER)
+    with pytest.raises(EventFileError, match='header and no polarity events'):
+        read_aedat31(path)
+    write_aedat2(path, [], [], [], [])
+    with pytest.raises(EventFileError, match='header and no events'):
+        read_aedat2(path)
+
+
+# --- no litter -------------------------------------------------------------------------------------------------------
+
+def test_stale_temporaries_are_removed_live_ones_kept(tmp_path):
+    """A writer killed mid-save leaves its temporary file; the next start removes it, but never one that a live
+    process still holds (locked) nor one younger than the cleaning process."""
+    from snnzoo import _files
+    load = (f"import importlib.util, sys, time\nspec = importlib.util.spec_from_file_location('files', "
+            f"{_files.__file__!r})\nfiles = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(files)\n")
+    code = load + ("def write(f):\n    f.write(b'x' * 1000); f.flush(); print('writing', flush=True); time.sleep(60)\n"
+                   "files.atomic_write(sys.argv[1], write)\n")
+    target = tmp_path / 'last.pt'
+    killed = subprocess.Popen([sys.executable, '-c', code, str(target)], stdout=subprocess.PIPE, text=True)
+    live = subprocess.Popen([sys.executable, '-c', code, str(tmp_path / 'other.pt')], stdout=subprocess.PIPE, text=True)
+    try:
+        assert killed.stdout.readline().strip() == 'writing' and live.stdout.readline().strip() == 'writing'
+        killed.kill()
+        killed.wait()
+        stale = [p for p in tmp_path.glob('.last.pt.*.tmp')]
+        held = [p for p in tmp_path.glob('.other.pt.*.tmp')]
+        assert len(stale) == len(held) == 1
+        assert _files.remove_stale_temporaries(tmp_path) == []  # younger than this process: not judged stale
+        cleaner = load + "print([p.name for p in files.remove_stale_temporaries(sys.argv[1])])"
+        out = subprocess.run([sys.executable, '-c', cleaner, str(tmp_path)], capture_output=True, text=True,
+                             timeout=120, check=True).stdout
+        assert out.strip() == repr([stale[0].name])
+        assert not stale[0].exists() and held[0].exists() and not target.exists()
+    finally:
+        live.kill()
+        live.wait()
+        killed.kill()
+
+
+def test_frame_cache_serves_only_checked_frames_and_cleans_up(tmp_path, monkeypatch):
+    import numpy as np
+
+    from snnzoo import _files
+    from snnzoo.data import FrameCache
+    source = tmp_path / 'rec.bin'
+    source.write_bytes(b'0')
+    cache = FrameCache(tmp_path / 'cache', 'test', {'T': 2}, frame_shape=(2, 2, 4, 4))
+    good = np.arange(64, dtype=np.int32).reshape(2, 2, 4, 4)
+    assert cache.get('rec', [source], lambda: good).tolist() == good.tolist()
+    path = cache.path('rec', [source])
+    planted = {'wrong shape': dict(frames=np.zeros((3, 2, 4, 4), np.uint8)),
+               'wrong dtype': dict(frames=np.zeros((2, 2, 4, 4), np.float32)),
+               'other key': dict(frames=good, extra=good),
+               'pickled objects': dict(frames=np.array([object()], dtype=object))}
+    for what, arrays in planted.items():
+        np.savez(path.with_suffix(''), **arrays)
+        with pytest.warns(UserWarning, match='unreadable or not frames'):
+            assert cache.get('rec', [source], lambda: good).tolist() == good.tolist(), what
+    stale = cache.directory / '.rec-x.npz.abc.tmp'
+    stale.write_bytes(b'partial')
+    monkeypatch.setattr(_files, '_STARTED', stale.stat().st_mtime + 1)  # as if this process started afterwards
+    FrameCache(tmp_path / 'cache', 'test', {'T': 2}, frame_shape=(2, 2, 4, 4))
+    assert not stale.exists()
