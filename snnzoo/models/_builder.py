@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 from timm.models import build_model_with_cfg, resolve_pretrained_cfg
 
+from .._files import remove_stale_temporaries
 
 __all__ = ['build_snn_model', 'resolve_pretrained', 'load_pretrained_state_dict', 'read_verified', 'verify_sha256',
            'sha256_of', 'weights_search_path']
@@ -90,6 +91,7 @@ def _download(url: str, dest: Path) -> None:
     if m is None:
         raise ValueError(f"weight file {dest.name!r} carries no sha256 prefix; refusing to download unverified weights")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(dest.parent)  # the partial downloads of killed processes
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + '.', suffix='.part')
     try:
         with os.fdopen(fd, 'wb') as f, urlopen(url, timeout=60) as r:

@@ -23,9 +23,17 @@ def main(argv=None) -> int:
     parser.add_argument('--model-args', default='{}', help='JSON keyword overrides for the model, e.g. num_classes')
     parser.add_argument('--ema', action='store_true', help='take the EMA weights when the file holds both')
     args = parser.parse_args(argv)
-    model_args = json.loads(args.model_args)
-    model = create_model(args.model, backend='torch', **model_args)
-    load_checkpoint(model, args.checkpoint, use_ema=args.ema)
+    try:
+        model_args = json.loads(args.model_args)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"snnzoo-convert: --model-args is not a JSON object ({e}), e.g. '{{\"num_classes\": 100}}'")
+    if not isinstance(model_args, dict):
+        raise SystemExit(f"snnzoo-convert: --model-args must be a JSON object, got {args.model_args!r}")
+    try:  # the file gives tensors only: the model is the one named on this command line
+        model = create_model(args.model, backend='torch', **model_args)
+        load_checkpoint(model, args.checkpoint, use_ema=args.ema)
+    except (ValueError, TypeError, OSError, RuntimeError) as e:
+        raise SystemExit(f"snnzoo-convert: {e}") from e
     path = save_pretrained(model, args.out, args.tag, model_args)
     config = json.loads(path.with_name(f"{model.pretrained_cfg.get('architecture') or args.model}.{args.tag}"
                                        f".config.json").read_text())
