@@ -34,4 +34,4 @@ class QCFS(nn.Module):
         return z * (self.lam / self.L)
 
     def extra_repr(self) -> str:
-        return f"L={self.L}, lambda={self.lam.item():.4f}"
+        return f"L={self.L}" + ("" if self.lam.is_meta else f", lambda={self.lam.item():.4f}")

@@ -6,7 +6,7 @@ reproduces are used: convolutions, BatchNorm, QCFS, residual additions, average 
 linear classifier. Blocks: conv3x3-BN-QCFS-conv3x3-BN (+ shortcut: identity, or conv1x1-BN when the shape
 changes) -> QCFS.
 """
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -64,7 +64,7 @@ class QCFSResNet(nn.Module):
         if len(widths) != len(layers) or not widths or min(layers) < 1 or min(widths) < 1:
             raise ValueError(f"QCFSResNet: widths and layers need one entry per stage (widths >= 1, layers >= 1), "
                              f"got widths={widths}, layers={layers}")
-        self.num_classes, self.L, self.drop_rate = num_classes, int(L), drop_rate
+        self.num_classes, self.in_chans, self.L, self.drop_rate = num_classes, in_chans, int(L), drop_rate
         self.stem = nn.Sequential(*_conv_bn(in_chans, stem_width, 3), QCFS(L))
         stages, cin, self.feature_info = [], stem_width, [dict(num_chs=stem_width, reduction=1, module='stem')]
         for i, (width, depth) in enumerate(zip(widths, layers)):
@@ -85,7 +85,7 @@ class QCFSResNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.fc
 
-    def reset_classifier(self, num_classes: int, global_pool: str = 'avg') -> None:
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -130,7 +130,7 @@ class QCFSResNet(nn.Module):
 def _create(variant: str, pretrained: bool = False, **kwargs) -> QCFSResNet:
     n_stages = len(kwargs.get('widths', (16, 32, 64)))
     return build_snn_model(QCFSResNet, variant, pretrained,
-                           feature_cfg=dict(flatten_sequential=True, out_indices=tuple(range(n_stages + 1))), **kwargs)
+                           feature_cfg=dict(feature_cls='getter', out_indices=tuple(range(n_stages + 1))), **kwargs)
 
 
 def _cfg(**kwargs) -> dict:
