@@ -197,9 +197,40 @@ def _previous_v(cfg: NeuronConfig, h_seq: torch.Tensor, t: int, v0: Optional[tor
     return out
 
 
+def _traceable_multistep(x: torch.Tensor, v0: Optional[torch.Tensor], k: Optional[torch.Tensor], cfg: NeuronConfig
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The recurrence as plain out-of-place ops, for ``torch.export`` / ONNX (T unrolled; the ``out=`` buffers of the
+    eager path cannot be differentiated or exported cleanly). Same operation order, hence the same bits. With
+    gradients the spike is ``S + (H - H.detach()) sg(H - V_th)`` (sg detached): the same value, and dS/dH = sg in
+    a graph that ``torch.export`` can trace (it does not keep an autograd.Function's backward)."""
+    dx = (lambda d: d / cfg.tau) if k is None else (lambda d: d * k)
+    spikes, v = [], v0
+    for t in range(x.shape[0]):
+        if v is None:                                               # from rest, V[0] = V_reset
+            h = x[t] if cfg.charge == 'if' or not cfg.decay_input else dx(x[t])
+            h = h + cfg.v_reset if cfg.v_reset else h
+        elif cfg.charge == 'if':
+            h = v + x[t]
+        else:
+            dv = v - cfg.v_reset if cfg.v_reset else v
+            h = v + dx(x[t] - dv) if cfg.decay_input else v - dx(dv) + x[t]
+        s = (h >= cfg.v_threshold).to(h.dtype)
+        if h.requires_grad:
+            s = s + (h - h.detach()) * surrogate_grad_(cfg.surrogate, h.detach() - cfg.v_threshold, cfg.alpha)
+        r = s.detach() if cfg.detach_reset else s
+        if cfg.v_reset is None:
+            v = h - r * cfg.v_threshold
+        else:
+            v = h * (1.0 - r) + r * cfg.v_reset if cfg.v_reset else h * (1.0 - r)
+        spikes.append(s)
+    return torch.stack(spikes), v
+
+
 def neuron_multistep(x: torch.Tensor, v0: Optional[torch.Tensor], k: Optional[torch.Tensor], cfg: NeuronConfig,
                      backend: str = 'auto') -> tuple[torch.Tensor, torch.Tensor]:
     """Run the recurrence of ``cfg`` over ``x [T, ...]`` from ``v0`` (None: the initial state); return (S, V[T])."""
+    if torch.compiler.is_exporting() or torch.jit.is_tracing():
+        return _traceable_multistep(x, v0, k, cfg)
     if _use_cupy(backend, x):
         from snnzoo import cuda
         spikes, v, h = cuda.neuron_multistep(x, v0, k, cfg, return_h=True)
