@@ -119,7 +119,8 @@ def test_keyword_overrides_and_shapes():
     assert model.block3[0].mlp.fc1.out_channels == 64 and model.conv_block2[0].conv1.out_channels == 32
     assert model.downsample1_1.encode_conv.in_channels == 2 and model.head.out_features == 5
     x = torch.randn(2, 2, 32, 32)
-    assert model.forward_features(x).shape == (3, 2, 48, 2, 2)     # stage 4 keeps stage 3's 1/16 resolution
+    assert model.forward_features(x, return_per_step=True).shape == (3, 2, 48, 2, 2)  # stage 4 stays at 1/16
+    assert model.forward_features(x).shape == (2, 48, 2, 2)
     assert model(x).shape == (2, 5)
 
 
@@ -133,7 +134,7 @@ def test_kd_head_outputs():
     assert all(t.shape == (2, 2, 10) for t in per_step)
     model.eval()
     with torch.no_grad():
-        feats = model.forward_features(x)
+        feats = model.forward_features(x, return_per_step=True)
         spikes = model.head_lif(feats.flatten(3).mean(3))
         expected = (model.head(spikes).mean(0) + model.head_kd(spikes).mean(0)) / 2
         assert torch.allclose(model(x), expected, atol=1e-12)

@@ -92,8 +92,10 @@ def test_static_and_event_inputs_and_per_step_output(name):
 def test_timm_protocol():
     m = small()
     x = torch.rand(2, 3, 64, 64)
-    feats = m.forward_features(x)
+    feats = m.forward_features(x, return_per_step=True)
     assert feats.shape == (2, 2, 512, 2, 2) and set(feats.unique().tolist()) <= {0.0, 1.0}
+    final, _ = m.forward_intermediates(x, indices=1)
+    assert torch.equal(final, m.forward_features(x)) and torch.equal(final, feats.mean(0))  # firing rates of the final LIF
     assert m.forward_head(feats, pre_logits=True).shape == (2, 512)
     m.reset_classifier(0)
     assert m(x).shape == (2, 512)

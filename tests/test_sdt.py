@@ -171,9 +171,13 @@ def test_pure_function_of_input():
 def test_timm_protocol():
     model = small(num_classes=5)
     x = torch.randn(2, 3, 32, 32)
-    feats = model.forward_features(x)
+    feats = model.forward_features(x, return_per_step=True)
     assert feats.shape == (2, 2, 32, 8, 8)                         # [T, B, D, H/4, W/4] with pooling '0011'
     assert model.forward_head(feats, pre_logits=True).shape == (2, 32)
+    assert torch.equal(model.forward_head(feats), model(x))        # the per-step pair is exact
+    rate = model.forward_features(x)                               # timm's [B, D, H/4, W/4]: the mean over T
+    assert torch.equal(rate, feats.mean(0))
+    assert torch.equal(model.forward_head(rate), model.forward_head(rate.expand(2, *rate.shape)))  # constant input
     assert model.get_classifier() is model.head
     model.reset_classifier(3)
     assert model(x).shape == (2, 3)

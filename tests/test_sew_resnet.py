@@ -120,7 +120,7 @@ def test_keyword_overrides():
     assert bn.weight.abs().sum() == 0 and torch.all(bn.bias == 1)
     d = small('sew_resnet_gesture', connect_f='AND', layers=[2, 1, 1, 1, 1, 1, 1], in_chans=3, img_size=(128, 256),
               T=1)
-    assert len(d.stages[0].blocks) == 2 and d.num_features == 32 * 1 * 2
+    assert len(d.stages[0].blocks) == 2 and d.num_features == 32 and d.head_hidden_size == 32 * 1 * 2
     assert d(torch.rand(1, 1, 3, 128, 256)).shape == (1, 5)
 
 
@@ -141,9 +141,10 @@ def test_static_and_event_inputs_and_per_step_output(kind):
 def test_timm_protocol():
     m = small()
     x = torch.rand(2, 3, 64, 64)
-    feats = m.forward_features(x)
+    feats = m.forward_features(x, return_per_step=True)
     assert feats.shape == (2, 2, 512, 2, 2)
     assert m.forward_head(feats, pre_logits=True).shape == (2, 512)
+    assert torch.equal(m.forward_features(x), feats.mean(0))
     m.reset_classifier(0)
     assert m.get_classifier().__class__ is torch.nn.Identity and m(x).shape == (2, 512)
     f = timm.create_model('sew_resnet50', features_only=True, layers=[1, 1, 1, 1], T=2, out_indices=(1, 3, 4))
@@ -151,8 +152,8 @@ def test_timm_protocol():
     assert [o.shape[1] for o in outs] == f.feature_info.channels() == [256, 1024, 2048]
     assert [64 // o.shape[-1] for o in outs] == f.feature_info.reduction() == [4, 16, 32]
     g = timm.create_model('sew_resnet_gesture', features_only=True, T=1)
-    assert [o.shape[1:] for o in g(torch.rand(1, 1, 2, 128, 128))] == [
-        (32, 128 // 2 ** (i + 1), 128 // 2 ** (i + 1)) for i in range(7)]
+    assert [o.shape[1:] for o in g(torch.rand(1, 1, 2, 128, 128))] == [   # stage 0 before its pool, then stages
+        (32, 128 // 2 ** i, 128 // 2 ** i) for i in range(8)]
     _, inter = small().forward_intermediates(x, indices=2, return_per_step=True)
     assert [t.shape for t in inter] == [(2, 2, 256, 4, 4), (2, 2, 512, 2, 2)]
 
@@ -170,7 +171,7 @@ def test_stage_layouts_on_the_cpu():
     m.layer1.register_forward_pre_hook(layout)
     m.layer3.register_forward_pre_hook(layout)
     x = torch.rand(2, 3, 64, 64)
-    out = m.forward_features(x)
+    out = m.forward_features(x, return_per_step=True)
     _, inter = m.forward_intermediates(x, indices=1, return_per_step=True)
     assert seen == [(True, False), (False, True)] * 2   # layer1: channels-last frames; layer3: NCHW
     assert torch.equal(inter[-1], out)

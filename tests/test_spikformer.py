@@ -63,9 +63,11 @@ def test_static_and_event_inputs_and_per_step():
     assert m(events[:, :2], return_per_step=True).shape == (2, 2, 10)
     assert (m(x[:1]) - m(x)[:1]).abs().max() < 1e-12           # samples are independent in eval
     assert torch.equal(m(x), m(x))                            # nothing leaks between calls
-    features = m.forward_features(x)
-    assert features.shape == (3, 2, 32, 8, 8)
-    assert torch.equal(m.forward_head(features, pre_logits=True), features.mean((3, 4)).mean(0))
+    stream = m.forward_features(x, return_per_step=True)
+    assert stream.shape == (3, 2, 32, 8, 8)
+    assert torch.equal(m.forward_head(stream, pre_logits=True), stream.mean((3, 4)).mean(0))
+    assert torch.equal(m.forward_features(x), stream.mean(0))                  # timm's [B, C, H, W]: mean over T
+    assert (m.forward_head(m.forward_features(x)) - m(x)).abs().max() < 1e-12  # the linear head commutes with it
     m.reset_classifier(0)
     assert m(x).shape == (2, 32)
 

@@ -63,7 +63,8 @@ def test_static_and_event_inputs_and_per_step():
     assert (m(x) - per_step.mean(0)).abs().max() < 1e-12
     assert torch.equal(m(x.unsqueeze(1).expand(2, 3, 3, 64, 64)), m(x))
     assert (m(x[1:]) - m(x)[1:]).abs().max() < 1e-12             # samples are independent in eval
-    assert m.forward_features(x).shape == (3, 2, 32, 4, 4)
+    assert m.forward_features(x, return_per_step=True).shape == (3, 2, 32, 4, 4)
+    assert m.forward_features(x).shape == (2, 32, 4, 4)
 
 
 @pytest.mark.parametrize('shape, match', [((2, 3, 32), 'rank 3'), ((2, 2, 32, 32), 'in_chans=3'),

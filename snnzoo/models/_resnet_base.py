@@ -44,6 +44,12 @@ class SpikingResNetBase(GradModeMixin, RecomputeSpikesMixin, nn.Module):
         """The last stage's output -> the features the head reads."""
         return x
 
+    def _prune_post_stem(self) -> None:
+        """Make ``_post_stem`` the identity (pruning to the stem's feature)."""
+
+    def _prune_final(self) -> None:
+        """Make ``_final`` the identity (pruning with ``prune_norm``)."""
+
     def forward_stream(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` or ``[B, T, C, H, W]`` -> the per-step features ``[T, B, C, H/32, W/32]``."""
         x = self._post_stem(self._stem(x))
@@ -96,10 +102,15 @@ class SpikingResNetBase(GradModeMixin, RecomputeSpikesMixin, nn.Module):
 
     def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> List[int]:
-        """Drop the stages after the last wanted feature (and the classifier); returns the absolute indices."""
+        """Drop the stages after the last wanted feature (and the classifier; with ``prune_norm``, what ``_final`` adds),
+        so that ``forward_features`` ends at that feature; returns the absolute indices."""
         take_indices, max_index = feature_take_indices(5, indices)
         for i in range(max_index + 1, 5):
             setattr(self, f'layer{i}', nn.Identity())
+        if max_index == 0:
+            self._prune_post_stem()
+        if prune_norm:
+            self._prune_final()
         if prune_head:
             self.reset_classifier(0)
         return take_indices

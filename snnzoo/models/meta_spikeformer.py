@@ -31,7 +31,7 @@ from ..layers.metaformer_blocks import ConvBNDownsample, MetaFormerBlock, Spikin
 from ..layers.neuron import LIFNode
 from ..layers.temporal import channels_last_frames, to_time_major
 from ._builder import build_snn_model
-from ._heads import LinearHeadMixin, init_trunc_normal_
+from ._heads import LinearHeadMixin, check_global_pool, create_classifier, init_trunc_normal_, unpooled
 from ._registry import register_model
 
 __all__ = ['MetaSpikeFormer', 'checkpoint_filter_fn']
@@ -65,7 +65,13 @@ class MetaSpikeFormer(LinearHeadMixin, nn.Module):
         drop_rate: dropout before the classifier(s) (timm's head dropout; the original has none).
         drop_path_rate: stochastic depth, rising linearly to this rate over all blocks (per sample, shared over T).
             The original builds DropPath modules but never applies them: keep 0 to reproduce it.
+        global_pool: ``'avg'`` or ``''`` (``num_classes=0`` only: ``forward`` returns the unpooled features).
         backend: neuron backend, ``'auto'``, ``'torch'`` or ``'cupy'``.
+
+    timm's feature API: five levels, the outputs of the stem's conv block (stride 2), of stages 1 and 2 (4, 8) and of
+    stages 3 and 4 (16, 16), each averaged over T (``return_per_step=True``: per step). ``forward_features(x)`` is stage
+    4 averaged over T. The head fires a LIF per step: ``forward_head`` on the per-step stream is exactly ``forward``; on
+    time-averaged features it drives the head neuron with them as a constant input for ``T`` steps.
 
     Differences from the original: T is a constructor argument (the original sets ``model.T`` after construction),
     block counts and widths are arguments (hard-wired to 1+1, 2, 6, 2 and mlp_ratio 4 there), ``drop_path_rate`` acts;
@@ -77,7 +83,7 @@ class MetaSpikeFormer(LinearHeadMixin, nn.Module):
     def __init__(self, img_size=224, in_chans: int = 3, num_classes: int = 1000,
                  embed_dim: Sequence[int] = (128, 256, 512, 640), depth: Sequence[int] = (1, 2, 6, 2),
                  num_heads: int = 8, mlp_ratio: float = 4.0, T: int = 4, kd: bool = False, drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.0, backend: str = 'auto'):
+                 drop_path_rate: float = 0.0, global_pool: str = 'avg', backend: str = 'auto'):
         super().__init__()
         embed_dim = _per_stage(embed_dim, 'embed_dim')
         depth = _per_stage(depth, 'depth')
@@ -97,6 +103,7 @@ class MetaSpikeFormer(LinearHeadMixin, nn.Module):
         self.T = T
         self.kd = kd
         self.num_features = self.head_hidden_size = c3
+        self.global_pool = check_global_pool(global_pool, num_classes, type(self).__name__)
 
         rates = iter(torch.linspace(0, drop_path_rate, 1 + sum(depth), device='cpu').tolist())
 
@@ -121,29 +128,44 @@ class MetaSpikeFormer(LinearHeadMixin, nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(c3, num_classes) if num_classes > 0 else nn.Identity()
         self.head_kd = (nn.Linear(c3, num_classes) if num_classes > 0 else nn.Identity()) if kd else None
+        self.feature_info = [dict(num_chs=c, reduction=r, module=m) for c, r, m in zip(
+            (c0 // 2, c0, c1, c2, c3), (2, 4, 8, 16, 16), _LEVELS)]
         self.apply(init_trunc_normal_)
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        super().reset_classifier(num_classes)
+        super().reset_classifier(num_classes, global_pool)
         if self.kd:
-            self.head_kd = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+            self.head_kd = create_classifier(self, self.num_features, num_classes)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, C, H, W]`` or ``[B, T, C, H, W]`` -> the real-valued stream of stage 4 ``[T, B, C3, H/16, W/16]``."""
+    def forward_levels(self, x: torch.Tensor):
+        """``[B, C, H, W]`` or ``[B, T, C, H, W]`` -> yields the real-valued per-step output of the stem's conv block
+        and of stages 1-4 (``[T, B, C_i, H / r_i, W / r_i]``, r = 2, 4, 8, 16, 16)."""
         x = channels_last_frames(to_time_major(x, self.T, self.in_chans, name=type(self).__name__))
-        x = self.conv_block1_1(self.downsample1_1(x))
-        x = self.conv_block1_2(self.downsample1_2(x))
-        x = self.conv_block2(self.downsample2(x)).contiguous()
-        x = self.block3(self.downsample3(x))
-        return self.block4(self.downsample4(x))
+        for i, (down, blocks) in enumerate(_STAGES[:len(self.feature_info)]):
+            x = getattr(self, blocks)(getattr(self, down)(x))
+            if i == 2:
+                x = x.contiguous()  # stages 3-4 compute on a contiguous stream
+            yield x
+
+    def _prune_levels(self, last: int) -> None:
+        for down, blocks in _STAGES[last + 1:]:
+            setattr(self, down, nn.Identity())
+            setattr(self, blocks, nn.Identity())
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False, return_per_step: bool = False):
         """``[T, B, C3, H, W]`` -> logits ``[B, num_classes]`` (mean over T) or ``[T, B, num_classes]``.
 
         With ``kd``: a list ``[head, head_kd]`` in train mode, ``(head + head_kd) / 2`` in eval mode.
         ``pre_logits=True`` returns the head neuron's spikes averaged over T, ``[B, C3]`` (``[T, B, C3]`` per step).
+        Time-averaged features ``[B, C3, H, W]`` drive the head neuron as a constant input for ``T`` steps;
+        ``global_pool=''``: the unpooled features.
         """
-        x = self.head_drop(self.head_lif(x.flatten(3).mean(3)))
+        if not self.global_pool:
+            return unpooled(x, return_per_step)
+        x = x.flatten(-2).mean(-1)
+        if x.dim() == 2:
+            x = x.expand(self.T, *x.shape)
+        x = self.head_drop(self.head_lif(x))
         reduce = (lambda y: y) if return_per_step else (lambda y: y.mean(0))
         if pre_logits:
             return reduce(x)
@@ -153,6 +175,11 @@ class MetaSpikeFormer(LinearHeadMixin, nn.Module):
         out_kd = reduce(self.head_kd(x))
         return [out, out_kd] if self.training else (out + out_kd) / 2
 
+
+# the feature levels: (downsampling, blocks) module names
+_STAGES = (('downsample1_1', 'conv_block1_1'), ('downsample1_2', 'conv_block1_2'), ('downsample2', 'conv_block2'),
+           ('downsample3', 'block3'), ('downsample4', 'block4'))
+_LEVELS = tuple(blocks for _, blocks in _STAGES)
 
 _RENAMES = (('ConvBlock1_1.', 'conv_block1_1.'), ('ConvBlock1_2.', 'conv_block1_2.'),
             ('ConvBlock2_1.0.', 'conv_block2.0.'), ('ConvBlock2_2.0.', 'conv_block2.1.'))
@@ -176,12 +203,13 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
 
 
 def _create_meta_spikeformer(variant: str, pretrained: bool = False, **kwargs) -> MetaSpikeFormer:
-    return build_snn_model(MetaSpikeFormer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+    return build_snn_model(MetaSpikeFormer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                           feature_cfg=dict(feature_cls='getter', out_indices=(0, 1, 2, 3, 4)), **kwargs)
 
 
 def _cfg(**kwargs) -> dict:
     return {
-        'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None, 'crop_pct': 0.9,
+        'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (14, 14), 'crop_pct': 0.9,
         'interpolation': 'bicubic', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'downsample1_1.encode_conv', 'classifier': 'head', 'paper_ids': 'arXiv:2404.03663',
         'origin_url': 'https://github.com/BICLab/Spike-Driven-Transformer-V2', **kwargs,

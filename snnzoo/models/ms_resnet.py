@@ -29,6 +29,7 @@ from ..layers.neuron import LIFNode
 from ..layers.residual import MSBasicBlock, ms_shortcut
 from ..layers.temporal import to_time_major
 from ._builder import build_snn_model
+from ._heads import check_global_pool
 from ._registry import register_model
 from ._resnet_base import SpikingResNetBase
 
@@ -89,13 +90,14 @@ class MSResNet(SpikingResNetBase):
         drop_rate: dropout before ``fc``. The original ResNet-104 trains with 0.2 (``drop_rate=0.2``); the default 0
             makes ``model.train()`` deterministic.
         fp32_spike_grad: round the gradient reaching each spike to float32 like the original (only changes float64).
+        global_pool: ``'avg'`` or ``''`` (``num_classes=0`` only: ``forward`` returns the unpooled features).
         backend: neuron backend, ``'auto'``, ``'torch'`` or ``'cupy'``.
     """
 
     def __init__(self, layers: Sequence[int] = (2, 2, 2, 2), stem: str = '7x7', avg_down: bool = False,
                  num_classes: int = 1000, T: int = 6, in_chans: int = 3,
                  img_size: Union[int, Tuple[int, int]] = 224, drop_rate: float = 0.0, fp32_spike_grad: bool = True,
-                 backend: str = 'auto'):
+                 global_pool: str = 'avg', backend: str = 'auto'):
         super().__init__()
         layers = tuple(int(d) for d in layers)
         if len(layers) != 4 or min(layers) < 1:
@@ -109,6 +111,7 @@ class MSResNet(SpikingResNetBase):
         self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         self.avg_down = avg_down
         self.num_classes = num_classes
+        self.global_pool = check_global_pool(global_pool, num_classes, type(self).__name__)
         neuron = partial(_ms_neuron, backend, fp32_spike_grad)
 
         if stem == '7x7':
@@ -153,9 +156,12 @@ class MSResNet(SpikingResNetBase):
             x = x.expand(self.T, *x.shape[1:])
         return self.bn1(x.flatten(0, 1)).unflatten(0, x.shape[:2])
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, C, H, W]`` or ``[B, T, C, H, W]`` -> spikes of the final LIF ``[T, B, 512, H/32, W/32]``."""
-        return self.final_sn(super().forward_features(x))
+    def _final(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's membrane shortcut stream -> spikes of the final LIF ``[T, B, 512, H/32, W/32]``."""
+        return self.final_sn(x)
+
+    def _prune_final(self) -> None:
+        self.final_sn = nn.Identity()
 
 
 

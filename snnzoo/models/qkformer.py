@@ -35,7 +35,7 @@ from ..layers.neuron import LIFNode
 from ..layers.qk_attention import ChannelQKAttention, TokenQKAttention
 from ..layers.temporal import to_time_major
 from ._builder import build_snn_model
-from ._heads import LinearHeadMixin, init_trunc_normal_, pooled_head
+from ._heads import LinearHeadMixin, check_global_pool, init_trunc_normal_, pooled_head, unpooled
 from ._registry import register_model
 
 __all__ = ['QKFormer', 'QKFormerBlock', 'checkpoint_filter_fn']
@@ -110,7 +110,12 @@ class QKFormer(LinearHeadMixin, nn.Module):
         drop_rate: dropout before the head (the original has none).
         drop_path_rate: stochastic depth, rising linearly over the blocks to this rate (the original builds the schedule
             but never applies it: leave 0 to train as it did).
+        global_pool: ``'avg'`` or ``''`` (``num_classes=0`` only: ``forward`` returns the unpooled features).
         backend: neuron backend, ``'auto'``, ``'torch'`` or ``'cupy'``.
+
+    timm's feature API: the levels are the stem's output and every stage's output (ImageNet layout: strides 4, 4, 8,
+    16; CIFAR: 1, 1, 2, 4; DVS: 8, 8, 16), each averaged over T (``return_per_step=True``: per step);
+    ``forward_features(x)`` is the last stage's stream averaged over T.
 
     ``forward(x)`` takes ``[B, C, H, W]`` or ``[B, T, C, H, W]`` and returns ``[B, num_classes]`` (logits of the
     features averaged over T), or ``[T, B, num_classes]`` with ``return_per_step=True``.
@@ -119,7 +124,8 @@ class QKFormer(LinearHeadMixin, nn.Module):
     def __init__(self, img_size: int = 224, in_chans: int = 3, num_classes: int = 1000, T: int = 4,
                  embed_dim: IntOrList = 384, depth: IntOrList = 10, num_heads: IntOrList = 6, mlp_ratio: float = 4.0,
                  layout: str = 'imagenet', attn_type: str = 'token', reference_quirks: bool = False,
-                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, backend: str = 'auto'):
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, global_pool: str = 'avg',
+                 backend: str = 'auto'):
         super().__init__()
         if layout not in _LAYOUTS:
             raise ValueError(f"unknown QKFormer layout {layout!r}; valid layouts are {sorted(_LAYOUTS)}")
@@ -155,6 +161,7 @@ class QKFormer(LinearHeadMixin, nn.Module):
         self.reference_quirks = reference_quirks
         self.embed_dims, self.depths, self.num_heads = dims, depths, heads
         self.num_features = self.head_hidden_size = dims[-1]
+        self.global_pool = check_global_pool(global_pool, num_classes, type(self).__name__)
         self.num_stages = n
         self.grad_checkpointing = False
 
@@ -173,6 +180,9 @@ class QKFormer(LinearHeadMixin, nn.Module):
             self.add_module(f'stage{i + 1}', nn.ModuleList(blocks))
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        stride = 2 ** sum(cfg['stem_pool'])
+        self.feature_info = [dict(num_chs=dims[0], reduction=stride, module='patch_embed1')] + [
+            dict(num_chs=dims[i], reduction=stride * 2 ** i, module=f'stage{i + 1}') for i in range(n)]
         self.apply(init_trunc_normal_)
 
     def _attention(self, dim: int, num_heads: int, last: bool, neuron_layer: Callable[..., nn.Module]) -> nn.Module:
@@ -190,29 +200,39 @@ class QKFormer(LinearHeadMixin, nn.Module):
         self.grad_checkpointing = enable
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        if global_pool not in (None, 'avg'):
-            raise ValueError(f"QKFormer pools by averaging over tokens and T; global_pool={global_pool!r} "
-                             f"is not supported")
-        super().reset_classifier(num_classes)
+        super().reset_classifier(num_classes, global_pool)
         init_trunc_normal_(self.head)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, C, H, W]`` or ``[B, T, C, H, W]`` -> the last stage's residual stream ``[T, B, D, H', W']``."""
+    def forward_levels(self, x: torch.Tensor):
+        """``[B, C, H, W]`` or ``[B, T, C, H, W]`` -> yields the per-step output of the stem, then of every stage's
+        residual stream, ``[T, B, C_i, H', W']``."""
         x = to_time_major(x, self.T, self.in_chans, name=type(self).__name__)
-        for i in range(1, self.num_stages + 1):
-            x = getattr(self, f'patch_embed{i}')(x)
+        x = self.patch_embed1(x)
+        yield x
+        for i in range(1, len(self.feature_info)):
+            if i > 1:
+                x = getattr(self, f'patch_embed{i}')(x)
             blocks = getattr(self, f'stage{i}')
             if self.grad_checkpointing and len(blocks) and not torch.jit.is_scripting():
                 x = checkpoint_seq(blocks, x)
-                continue
-            for block in blocks:
-                x = block(x)
-        return x
+            else:
+                for block in blocks:
+                    x = block(x)
+            yield x
+
+    def _prune_levels(self, last: int) -> None:
+        for i in range(last + 1, len(self.feature_info)):
+            self.add_module(f'stage{i}', nn.ModuleList())
+            if i > 1:
+                self.add_module(f'patch_embed{i}', nn.Identity())
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False, return_per_step: bool = False) -> torch.Tensor:
-        """``[T, B, D, H', W']`` -> mean over tokens (and over T unless ``return_per_step``) -> head:
-        ``[B, num_classes]`` or ``[T, B, num_classes]`` (``pre_logits``: the pooled ``[B, D]`` / ``[T, B, D]``)."""
-        return pooled_head(x.flatten(3).mean(3), self.head_drop, self.head, pre_logits, return_per_step)
+        """``[T, B, D, H', W']`` (or its mean over T ``[B, D, H', W']``) -> mean over tokens (and over T unless
+        ``return_per_step``) -> head: ``[B, num_classes]`` or ``[T, B, num_classes]`` (``pre_logits``: the pooled
+        ``[B, D]`` / ``[T, B, D]``); ``global_pool=''``: the unpooled features."""
+        if not self.global_pool:
+            return unpooled(x, return_per_step)
+        return pooled_head(x.flatten(-2).mean(-1), self.head_drop, self.head, pre_logits, return_per_step)
 
 
 _PATCH_EMBED_KEY = re.compile(r'^patch_embed(\d+)\.proj(\d*|_res)_(conv|bn)\.')
@@ -258,12 +278,13 @@ def checkpoint_filter_fn(state_dict: dict, model: QKFormer) -> dict:
 
 
 def _create_qkformer(variant: str, pretrained: bool = False, **kwargs) -> QKFormer:
-    return build_snn_model(QKFormer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+    return build_snn_model(QKFormer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                           feature_cfg=dict(feature_cls='getter', out_indices=None), **kwargs)
 
 
 def _cfg(**kwargs) -> dict:
     return {
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None, 'crop_pct': 0.875,
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (14, 14), 'crop_pct': 0.875,
         'interpolation': 'bicubic', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'patch_embed1.stages.0.conv', 'classifier': 'head', 'paper_ids': 'arXiv:2403.16552',
         **kwargs,
@@ -276,9 +297,9 @@ default_cfgs = generate_default_cfgs({
     'qkformer_10_384': _cfg(),
     'qkformer_10_512': _cfg(),
     'qkformer_10_768': _cfg(),
-    'qkformer_4_384_cifar': _cfg(num_classes=10, input_size=(3, 32, 32), crop_pct=1.0, mean=_CIFAR10_MEAN,
+    'qkformer_4_384_cifar': _cfg(num_classes=10, input_size=(3, 32, 32), pool_size=(8, 8), crop_pct=1.0, mean=_CIFAR10_MEAN,
                                  std=_CIFAR10_STD),
-    'qkformer_2_256_dvs': _cfg(num_classes=10, input_size=(2, 128, 128), crop_pct=1.0, mean=(0.0, 0.0),
+    'qkformer_2_256_dvs': _cfg(num_classes=10, input_size=(2, 128, 128), pool_size=(8, 8), crop_pct=1.0, mean=(0.0, 0.0),
                                std=(1.0, 1.0)),
 })
 

@@ -24,7 +24,7 @@ from ..layers.neuron import LIFNode, ParametricLIFNode
 from ..layers.sdsa import SpikeDrivenSelfAttention
 from ..layers.temporal import channels_last_frames, per_step, to_time_major
 from ._builder import build_snn_model
-from ._heads import LinearHeadMixin, init_trunc_normal_
+from ._heads import LinearHeadMixin, check_global_pool, init_trunc_normal_, unpooled
 from ._registry import register_model
 
 __all__ = ['SpikeDrivenTransformer', 'SDTPatchEmbed', 'SDTMlp', 'SDTBlock', 'checkpoint_filter_fn']
@@ -143,7 +143,14 @@ class SpikeDrivenTransformer(LinearHeadMixin, nn.Module):
         drop_path_rate: stochastic depth, rising linearly to this rate over the blocks (per sample, shared over T).
             The original builds DropPath modules but never applies them (its configs' 0.2 has no effect): keep 0 to
             reproduce it.
+        global_pool: ``'avg'`` or ``''`` (``num_classes=0`` only: ``forward`` returns the unpooled features).
         backend: neuron backend, ``'auto'``, ``'torch'`` or ``'cupy'``.
+
+    timm's feature API: the feature levels are the patch embedding and every block (all at the stem's stride);
+    ``forward_features(x)`` is the stream after the last block averaged over T, ``[B, D, H', W']``
+    (``return_per_step=True``: ``[T, B, D, H', W']``). The head fires a LIF per step, so it is not linear in the
+    stream: ``forward_head`` on the per-step stream is exactly ``forward``; on the time-averaged features it drives the
+    head neuron with that average as a constant input for ``T`` steps (a rate-coded reading of the features).
 
     Every neuron has V_reset 0, detach_reset and the sigmoid surrogate (alpha 4); threshold 1, except 0.5 for SDSA's KV
     neuron. The original's TET option (per-step logits) is ``forward(x, return_per_step=True)`` here.
@@ -155,7 +162,7 @@ class SpikeDrivenTransformer(LinearHeadMixin, nn.Module):
     def __init__(self, img_size=224, in_chans: int = 3, num_classes: int = 1000, embed_dim: int = 512, depth: int = 8,
                  num_heads: int = 8, mlp_ratio: float = 4.0, T: int = 4, pooling_stat: str = '1111',
                  spike_mode: str = 'lif', dvs_mode: bool = False, drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.0, backend: str = 'auto'):
+                 drop_path_rate: float = 0.0, global_pool: str = 'avg', backend: str = 'auto'):
         super().__init__()
         if spike_mode not in SPIKE_MODES:
             raise ValueError(f"unknown spike_mode {spike_mode!r}; valid modes are {list(SPIKE_MODES)}")
@@ -175,6 +182,7 @@ class SpikeDrivenTransformer(LinearHeadMixin, nn.Module):
         self.num_classes = num_classes
         self.T = T
         self.num_features = self.head_hidden_size = embed_dim
+        self.global_pool = check_global_pool(global_pool, num_classes, type(self).__name__)
         self.patch_embed = SDTPatchEmbed(in_chans, embed_dim, pooling_stat, neuron_layer)
         rates = torch.linspace(0, drop_path_rate, depth, device='cpu').tolist()
         self.blocks = nn.ModuleList([SDTBlock(embed_dim, num_heads, mlp_ratio, neuron_layer, dvs_mode, rate)
@@ -182,22 +190,37 @@ class SpikeDrivenTransformer(LinearHeadMixin, nn.Module):
         self.head_lif = neuron_layer()
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        reduction = 2 ** pooling_stat.count('1')
+        self.feature_info = [dict(num_chs=embed_dim, reduction=reduction, module=m)
+                             for m in ['patch_embed'] + [f'blocks.{i}' for i in range(depth)]]
         self.apply(partial(init_trunc_normal_, types=nn.Conv2d))  # as the original: the head keeps PyTorch's init
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, C, H, W]`` or ``[B, T, C, H, W]`` -> the real-valued stream after the blocks ``[T, B, D, H', W']``."""
+    def forward_levels(self, x: torch.Tensor):
+        """``[B, C, H, W]`` or ``[B, T, C, H, W]`` -> yields the per-step output of the patch embedding, then of every
+        block, each the real-valued stream ``[T, B, D, H', W']``."""
         x = to_time_major(x, self.T, self.in_chans, name=type(self).__name__)
         x = self.patch_embed(x)
+        yield x
         for block in self.blocks:
             x = block(x)
-        return x
+            yield x
+
+    def _prune_levels(self, last: int) -> None:
+        self.blocks = self.blocks[:last]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False, return_per_step: bool = False) -> torch.Tensor:
-        """``[T, B, D, H', W']`` -> logits ``[B, num_classes]`` (mean over T) or ``[T, B, num_classes]``.
+        """The stream ``[T, B, D, H', W']`` -> logits ``[B, num_classes]`` (mean over T) or ``[T, B, num_classes]``.
 
         ``pre_logits=True`` returns the head neuron's spikes averaged over T, ``[B, D]`` (``[T, B, D]`` per step).
+        Time-averaged features ``[B, D, H', W']`` drive the head neuron as a constant input for ``T`` steps.
+        ``global_pool=''``: the unpooled features.
         """
-        x = self.head_drop(self.head_lif(x.flatten(3).mean(3)))
+        if not self.global_pool:
+            return unpooled(x, return_per_step)
+        x = x.flatten(-2).mean(-1)
+        if x.dim() == 2:
+            x = x.expand(self.T, *x.shape)
+        x = self.head_drop(self.head_lif(x))
         if not pre_logits:
             x = self.head(x)
         return x if return_per_step else x.mean(0)
@@ -224,20 +247,20 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
 
 
 def _create_sdt(variant: str, pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
-    return build_snn_model(SpikeDrivenTransformer, variant, pretrained,
-                                pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+    return build_snn_model(SpikeDrivenTransformer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                           feature_cfg=dict(feature_cls='getter', out_indices=min(3, kwargs['depth'] + 1)), **kwargs)
 
 
 def _cfg(**kwargs) -> dict:
     return {
-        'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None, 'crop_pct': 0.9,
+        'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (14, 14), 'crop_pct': 0.9,
         'interpolation': 'bicubic', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
         'first_conv': 'patch_embed.proj_conv', 'classifier': 'head', 'paper_ids': 'arXiv:2307.01694',
         'origin_url': 'https://github.com/BICLab/Spike-Driven-Transformer', **kwargs,
     }
 
 
-_CIFAR = dict(num_classes=10, input_size=(3, 32, 32), crop_pct=1.0, mean=(0.4914, 0.4822, 0.4465),
+_CIFAR = dict(num_classes=10, input_size=(3, 32, 32), pool_size=(8, 8), crop_pct=1.0, mean=(0.4914, 0.4822, 0.4465),
               std=(0.2470, 0.2435, 0.2616))
 _DVS = dict(crop_pct=1.0, interpolation='nearest', mean=(0.0, 0.0), std=(1.0, 1.0))
 
@@ -248,8 +271,8 @@ default_cfgs = generate_default_cfgs({
     'sdt_10_512': _cfg(),
     'sdt_8_768': _cfg(),
     'sdt_2_512_cifar': _cfg(**_CIFAR),
-    'sdt_2_256_cifar10dvs': _cfg(num_classes=10, input_size=(2, 64, 64), **_DVS),
-    'sdt_2_256_gesture': _cfg(num_classes=11, input_size=(2, 128, 128), **_DVS),
+    'sdt_2_256_cifar10dvs': _cfg(num_classes=10, input_size=(2, 64, 64), pool_size=(16, 16), **_DVS),
+    'sdt_2_256_gesture': _cfg(num_classes=11, input_size=(2, 128, 128), pool_size=(16, 16), **_DVS),
 })
 
 

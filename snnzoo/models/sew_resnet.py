@@ -30,7 +30,7 @@ from ..layers.neuron import IFNode, ParametricLIFNode
 from ..layers.residual import SEWBasicBlock, SEWBottleneck, check_connect_f, conv_bn, sew_downsample
 from ..layers.temporal import MultiStep, channels_last_frames, to_time_major
 from ._builder import build_snn_model
-from ._heads import pooled_head
+from ._heads import check_global_pool, pooled_head, unpooled
 from ._registry import register_model
 from ._resnet_base import SpikingResNetBase
 
@@ -73,13 +73,14 @@ class SEWResNet(SpikingResNetBase):
         groups, width_per_group: torchvision's ResNeXt / wide-ResNet options (bottleneck only).
         zero_init_residual: zero each block's last BN weight (and, for AND, set its bias to 1), as the original.
         drop_rate: dropout before ``fc`` (the original has none).
+        global_pool: ``'avg'`` or ``''`` (``num_classes=0`` only: ``forward`` returns the unpooled features).
         backend: neuron backend, ``'auto'``, ``'torch'`` or ``'cupy'``.
     """
 
     def __init__(self, block: str = 'basic', layers: Sequence[int] = (2, 2, 2, 2), num_classes: int = 1000,
                  T: int = 4, connect_f: str = 'ADD', in_chans: int = 3, img_size: Union[int, Tuple[int, int]] = 224,
                  groups: int = 1, width_per_group: int = 64, zero_init_residual: bool = False, drop_rate: float = 0.0,
-                 backend: str = 'auto'):
+                 global_pool: str = 'avg', backend: str = 'auto'):
         super().__init__()
         if block not in _BLOCKS:
             raise ValueError(f"SEWResNet: unknown block {block!r}; valid blocks are {list(_BLOCKS)}")
@@ -95,6 +96,7 @@ class SEWResNet(SpikingResNetBase):
         self.in_chans = in_chans
         self.img_size = _as_pair(img_size)
         self.num_classes = num_classes
+        self.global_pool = check_global_pool(global_pool, num_classes, type(self).__name__)
         neuron = partial(IFNode, v_threshold=1.0, v_reset=0.0, detach_reset=True, surrogate='atan', alpha=2.0,
                          backend=backend)
 
@@ -139,6 +141,9 @@ class SEWResNet(SpikingResNetBase):
 
     def _post_stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.maxpool(x)
+
+    def _prune_post_stem(self) -> None:
+        self.maxpool = nn.Identity()
 
     def _stage_input(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """Stages 3-4 run on NCHW frames: their large 3x3 weights would be re-laid for channels-last on every call."""
@@ -193,13 +198,19 @@ class SEWResNetDVS(SpikingResNetBase):
         img_size: input size; the flattened head depends on it.
         connect_f: ``'ADD'``, ``'AND'`` or ``'IAND'``.
         drop_rate: dropout before ``fc`` (the original has none).
+        global_pool: ``'avg'`` (the flattening head above; the name is timm's) or ``''`` (``num_classes=0`` only:
+            ``forward`` returns the unpooled features ``[B, C_last, h, w]``).
         backend: neuron backend.
+
+    ``num_features`` is the last stage's width C_last (the channels of ``forward_features``), ``head_hidden_size`` the
+    flattened C_last * h * w the classifier reads. Feature levels (timm's feature API): stage 0 before its max-pool
+    (stride 1), then every stage's output (strides 2, 4, ...), so that a 2-stage net has three levels.
     """
 
     def __init__(self, channels: Sequence[int] = (32,) * 7, layers: Optional[Sequence[int]] = None,
                  num_classes: int = 11, T: int = 16, in_chans: int = 2,
                  img_size: Union[int, Tuple[int, int]] = 128, connect_f: str = 'ADD', drop_rate: float = 0.0,
-                 backend: str = 'auto'):
+                 global_pool: str = 'avg', backend: str = 'auto'):
         super().__init__()
         channels = tuple(int(c) for c in channels)
         layers = _check_layers((1,) * len(channels) if layers is None else layers, len(channels), 'SEWResNetDVS')
@@ -210,6 +221,7 @@ class SEWResNetDVS(SpikingResNetBase):
         self.in_chans = in_chans
         self.img_size = _as_pair(img_size)
         self.num_classes = num_classes
+        self.global_pool = check_global_pool(global_pool, num_classes, type(self).__name__)
         h, w = (s // 2 ** len(channels) for s in self.img_size)
         if h < 1 or w < 1:
             raise ValueError(f"SEWResNetDVS: img_size {self.img_size} is too small for {len(channels)} stages of "
@@ -217,37 +229,45 @@ class SEWResNetDVS(SpikingResNetBase):
         neuron = partial(_PLIFNode, init_tau=2.0, v_threshold=1.0, v_reset=0.0, detach_reset=True,
                          surrogate='atan', alpha=2.0, backend=backend)
         stages, in_chs = [], in_chans
-        self.feature_info = []
+        self.feature_info = [dict(num_chs=channels[0], reduction=1, module='stages.0.blocks')]
         for i, (out_chs, depth) in enumerate(zip(channels, layers)):
             stages.append(_DVSStage(in_chs, out_chs, depth, self.connect_f, neuron))
             self.feature_info.append(dict(num_chs=out_chs, reduction=2 ** (i + 1), module=f'stages.{i}'))
             in_chs = out_chs
         self.stages = nn.Sequential(*stages)
-        self.num_features = self.head_hidden_size = in_chs * h * w
+        self.num_features, self.head_hidden_size = in_chs, in_chs * h * w
         self.head_drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_stream(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, T, C, H, W]`` (or a static ``[B, C, H, W]``, repeated T times) -> ``[T, B, C_last, h, w]``."""
         x = to_time_major(x, self.T, self.in_chans, self.img_size, name=type(self).__name__)
         return self.stages(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False, return_per_step: bool = False) -> torch.Tensor:
-        """``[T, B, C, h, w]`` -> logits ``[B, num_classes]`` (``[T, B, num_classes]`` with ``return_per_step``)."""
-        return pooled_head(x.flatten(2), self.head_drop, self.fc, pre_logits, return_per_step)
+        """``[T, B, C, h, w]`` (or its mean over T ``[B, C, h, w]``) -> logits ``[B, num_classes]`` (``[T, B,
+        num_classes]`` with ``return_per_step``); ``global_pool=''``: the unpooled features."""
+        if not self.global_pool:
+            return unpooled(x, return_per_step)
+        return pooled_head(x.flatten(-3), self.head_drop, self.fc, pre_logits, return_per_step)
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
-        """Input -> stage 0's output: with no stem, feature i of the feature API is stage i's output (after its
-        max-pool)."""
-        return self.stages[0](to_time_major(x, self.T, self.in_chans, self.img_size, name=type(self).__name__))
+        """Input -> feature 0: stage 0 before its max-pool (full resolution); the pool is the next "stage", so feature
+        i >= 1 is stage i - 1's output."""
+        stage = self.stages[0]
+        return stage.blocks(stage.proj(to_time_major(x, self.T, self.in_chans, self.img_size,
+                                                     name=type(self).__name__)))
 
     def _stages(self) -> List[nn.Module]:
-        return list(self.stages)[1:]
+        return [self.stages[0].pool] + list(self.stages)[1:]
 
     def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> List[int]:
-        take_indices, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[:max_index + 1]
+        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        self.stages = self.stages[:max(max_index, 1)]
+        if max_index == 0:
+            self.stages[0].pool = nn.Identity()
+        self.feature_info = self.feature_info[:max_index + 1]
         if prune_head:
             self.reset_classifier(0)
         return take_indices
@@ -296,9 +316,9 @@ def _create_sew_resnet(variant: str, pretrained: bool = False, **kwargs) -> SEWR
 
 
 def _create_sew_resnet_dvs(variant: str, pretrained: bool = False, **kwargs) -> SEWResNetDVS:
-    n_stages = len(kwargs.get('channels', ()))
+    n_levels = 1 + len(kwargs.get('channels', ()))
     return build_snn_model(SEWResNetDVS, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-                           feature_cfg=dict(feature_cls='getter', out_indices=tuple(range(n_stages))), **kwargs)
+                           feature_cfg=dict(feature_cls='getter', out_indices=tuple(range(n_levels))), **kwargs)
 
 
 def _cfg(**kwargs) -> dict:
@@ -323,11 +343,12 @@ default_cfgs = generate_default_cfgs({
     'sew_resnet50': _cfg(),
     'sew_resnet101': _cfg(),
     'sew_resnet152': _cfg(),
-    'sew_resnet_gesture': _dvs_cfg(num_classes=11),
-    'sew_resnet_cifar10dvs': _dvs_cfg(num_classes=10),
-    'sew_resnet_fmnist': _dvs_cfg(num_classes=10, input_size=(1, 28, 28), mean=(0.286,), std=(0.353,),
+    'sew_resnet_gesture': _dvs_cfg(num_classes=11, pool_size=(1, 1)),
+    'sew_resnet_cifar10dvs': _dvs_cfg(num_classes=10, pool_size=(1, 1)),
+    'sew_resnet_fmnist': _dvs_cfg(num_classes=10, input_size=(1, 28, 28), pool_size=(7, 7), mean=(0.286,),
+                                  std=(0.353,),
                                   file='sew_resnet_fmnist.fashion_mnist-3c1fdc80838ad91c.safetensors'),
-    'sew_resnet_nmnist': _dvs_cfg(num_classes=10, input_size=(2, 34, 34),
+    'sew_resnet_nmnist': _dvs_cfg(num_classes=10, input_size=(2, 34, 34), pool_size=(8, 8),
                                   file='sew_resnet_nmnist.nmnist-0a8c0e48479d521d.safetensors'),
 })
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import to_2tuple
-from timm.models import checkpoint_seq, generate_default_cfgs
+from timm.models import checkpoint, generate_default_cfgs
 
 from ..layers.attention import SpikingSelfAttention
 from ..layers.drop import DropPath
@@ -40,7 +40,7 @@ from ..layers.neuron import LIFNode
 from ..layers.patch_embed import SpikingPatchSplitting, SpikingTokenizer
 from ..layers.temporal import to_time_major
 from ._builder import build_snn_model
-from ._heads import LinearHeadMixin, init_trunc_normal_, pooled_head
+from ._heads import LinearHeadMixin, check_global_pool, init_trunc_normal_, pooled_head, unpooled
 from ._registry import register_model
 
 __all__ = ['Spikformer', 'SpikformerBlock', 'checkpoint_filter_fn']
@@ -97,7 +97,13 @@ class Spikformer(LinearHeadMixin, nn.Module):
             ``'linear'`` (the CIFAR file).
         drop_rate: dropout on the pooled features before the head.
         drop_path_rate: stochastic depth rate, linearly increasing over the blocks (the originals apply none).
+        global_pool: ``'avg'`` (tokens, then time) or ``''`` (``num_classes=0`` only: ``forward`` returns the unpooled
+            features ``[B, D, H/P, W/P]``).
         backend: neuron backend, ``'auto'``, ``'torch'`` or ``'cupy'``.
+
+    timm's feature API: ``forward_features(x)`` is the stream after the last block averaged over T,
+    ``[B, D, H/P, W/P]`` (``return_per_step=True``: ``[T, B, D, H/P, W/P]``); the feature levels are the patch
+    embedding and every block (all at stride P).
     """
 
     preact = False
@@ -106,7 +112,8 @@ class Spikformer(LinearHeadMixin, nn.Module):
                  num_classes: int = 1000, embed_dim: int = 384, depth: int = 8, num_heads: int = 8,
                  mlp_ratio: float = 4.0, T: int = 4, qkv_bias: bool = False, attn_scale: float = 0.125,
                  tau: float = 2.0, cml: bool = False, attn_proj: str = 'conv1d', mlp_proj: str = 'conv2d',
-                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, backend: str = 'auto'):
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, global_pool: str = 'avg',
+                 backend: str = 'auto'):
         super().__init__()
         if not isinstance(embed_dim, int):
             raise TypeError(f"{type(self).__name__} is not hierarchical: embed_dim must be one int, got {embed_dim!r}")
@@ -118,7 +125,8 @@ class Spikformer(LinearHeadMixin, nn.Module):
         self.patch_size = patch_size
         self.in_chans = in_chans
         self.num_classes = num_classes
-        self.num_features = self.embed_dim = embed_dim
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.global_pool = check_global_pool(global_pool, num_classes, type(self).__name__)
         self.T = T
         self.grad_checkpointing = False
         neuron_layer = partial(LIFNode, tau=tau, detach_reset=True, backend=backend)
@@ -132,30 +140,33 @@ class Spikformer(LinearHeadMixin, nn.Module):
             for i in range(depth)])
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.feature_info = [dict(num_chs=embed_dim, reduction=patch_size, module=m)
+                             for m in ['patch_embed'] + [f'block.{i}' for i in range(depth)]]
         self.apply(init_trunc_normal_)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        if global_pool not in (None, 'avg'):
-            raise ValueError(f"{type(self).__name__} pools by averaging over tokens and time; got {global_pool!r}")
-        super().reset_classifier(num_classes)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, C, H, W]`` or ``[B, T', C, H, W]`` -> the stream after the last block ``[T, B, D, H/P, W/P]``."""
+    def forward_levels(self, x: torch.Tensor):
+        """``[B, C, H, W]`` or ``[B, T', C, H, W]`` -> yields the per-step output of the patch embedding, then of every
+        block, each ``[T, B, D, H/P, W/P]``."""
         x = to_time_major(x, self.T, self.in_chans, self.img_size, name=type(self).__name__)
         x = self.patch_embed(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.block, x)
+        yield x
         for blk in self.block:
-            x = blk(x)
-        return x
+            x = checkpoint(blk, x) if self.grad_checkpointing and not torch.jit.is_scripting() else blk(x)
+            yield x
+
+    def _prune_levels(self, last: int) -> None:
+        self.block = self.block[:last]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False, return_per_step: bool = False) -> torch.Tensor:
-        """Average ``[T, B, D, H', W']`` over tokens, then over time (unless ``return_per_step``), then the head."""
-        return pooled_head(x.flatten(3).mean(3), self.head_drop, self.head, pre_logits, return_per_step)
+        """The stream ``[T, B, D, H', W']`` (or its mean over T ``[B, D, H', W']``) -> mean over tokens, then over time
+        (unless ``return_per_step``), then the head; ``global_pool=''``: the unpooled features."""
+        if not self.global_pool:
+            return unpooled(x, return_per_step)
+        return pooled_head(x.flatten(-2).mean(-1), self.head_drop, self.head, pre_logits, return_per_step)
 
 
 _NEVER_USED = re.compile(r'pos_embed|norm\.(weight|bias)|block\.\d+\.norm[12]\.(weight|bias)')
@@ -197,20 +208,21 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
 
 
 def _create_spikformer(variant: str, pretrained: bool = False, **kwargs) -> Spikformer:
-    return build_snn_model(Spikformer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+    return build_snn_model(Spikformer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                           feature_cfg=dict(feature_cls='getter', out_indices=min(3, kwargs['depth'] + 1)), **kwargs)
 
 
 def _cfg(**kwargs) -> dict:
     return {
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None, 'crop_pct': 1.0,
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (14, 14), 'crop_pct': 1.0,
         'interpolation': 'bicubic', 'fixed_input_size': True, 'mean': IMAGENET_DEFAULT_MEAN,
         'std': IMAGENET_DEFAULT_STD, 'first_conv': 'patch_embed.stages.0.conv', 'classifier': 'head',
         'paper_ids': 'arXiv:2209.15425', 'origin_url': 'https://github.com/ZK-Zhou/spikformer', **kwargs,
     }
 
 
-_CIFAR = dict(num_classes=10, input_size=(3, 32, 32), mean=CIFAR_MEAN, std=CIFAR_STD)
-_DVS = dict(num_classes=10, input_size=(2, 128, 128), mean=(0.0, 0.0), std=(1.0, 1.0))
+_CIFAR = dict(num_classes=10, input_size=(3, 32, 32), pool_size=(8, 8), mean=CIFAR_MEAN, std=CIFAR_STD)
+_DVS = dict(num_classes=10, input_size=(2, 128, 128), pool_size=(8, 8), mean=(0.0, 0.0), std=(1.0, 1.0))
 _CML = dict(paper_ids='arXiv:2306.06271', origin_url='https://github.com/zhouchenlin2096/Spikingformer-CML')
 
 default_cfgs = generate_default_cfgs({
@@ -224,7 +236,7 @@ default_cfgs = generate_default_cfgs({
     'spikformer_2_384_cifar': _cfg(**_CIFAR),
     'spikformer_2_256_dvs': _cfg(**_DVS),
     'spikformer_cml_4_384_cifar': _cfg(**_CIFAR, **_CML),
-    'spikformer_1_64_digits': _cfg(num_classes=10, input_size=(1, 8, 8), mean=(0.0,), std=(1.0,),
+    'spikformer_1_64_digits': _cfg(num_classes=10, input_size=(1, 8, 8), pool_size=(4, 4), mean=(0.0,), std=(1.0,),
                                    file='spikformer_1_64_digits.digits-2e8ea8e55045e51d.safetensors'),
 })
 

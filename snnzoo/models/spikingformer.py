@@ -34,7 +34,7 @@ class Spikingformer(Spikformer):
     Same arguments, inputs and outputs as :class:`~snnzoo.models.spikformer.Spikformer`; the differences lie in the
     layers (:class:`~snnzoo.layers.patch_embed.SpikingTokenizer`, pre-activation
     :class:`~snnzoo.layers.attention.SpikingSelfAttention` and :class:`~snnzoo.layers.mlp.SpikingMlp`).
-    ``forward_features`` returns the real-valued stream ``[T, B, D, H/P, W/P]``.
+    ``forward_stream`` returns the real-valued stream ``[T, B, D, H/P, W/P]`` (``forward_features``: its mean over T).
     """
 
     preact = True
@@ -64,14 +64,14 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
 
 def _create_spikingformer(variant: str, pretrained: bool = False, **kwargs) -> Spikingformer:
     return build_snn_model(Spikingformer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-                                **kwargs)
+                           feature_cfg=dict(feature_cls='getter', out_indices=min(3, kwargs['depth'] + 1)), **kwargs)
 
 
 _ORIGIN = dict(paper_ids='arXiv:2304.11954', origin_url='https://github.com/zhouchenlin2096/Spikingformer',
                license='apache-2.0')
 _CML = dict(paper_ids='arXiv:2306.06271', origin_url='https://github.com/zhouchenlin2096/Spikingformer-CML')
-_CIFAR = dict(num_classes=10, input_size=(3, 32, 32), mean=CIFAR_MEAN, std=CIFAR_STD)
-_DVS = dict(num_classes=10, input_size=(2, 128, 128), mean=(0.0, 0.0), std=(1.0, 1.0))
+_CIFAR = dict(num_classes=10, input_size=(3, 32, 32), pool_size=(8, 8), mean=CIFAR_MEAN, std=CIFAR_STD)
+_DVS = dict(num_classes=10, input_size=(2, 128, 128), pool_size=(8, 8), mean=(0.0, 0.0), std=(1.0, 1.0))
 
 default_cfgs = generate_default_cfgs({
     'spikingformer_8_384': _cfg(**_ORIGIN),
