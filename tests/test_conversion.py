@@ -2,6 +2,7 @@
 hand-written IF loops and SpikingJelly's IF node, the QCFS formula, the ANN's own activations (exact mode), an
 unfolded BatchNorm, and errors for what an IF network cannot do."""
 import copy
+import json
 import math
 
 import pytest
@@ -284,3 +285,29 @@ def test_errors_name_what_is_wrong():
         convert(ann, x, T=4, method='qcfs')
     with pytest.raises(ValueError, match='unknown conversion method'):
         convert(ann, x, T=4, method='robust')
+
+
+# ---------------------------------------------------------------- the pipeline: train a QCFS ANN, snnzoo-ann2snn
+
+def test_ann2snn_cli_on_a_trained_run(tmp_path):
+    """A QCFS ResNet trained for a few steps by snnzoo's trainer (digits), then ``snnzoo-ann2snn`` on the run folder:
+    the exact mode's accuracy at T = L equals the ANN's, threshold balancing reports every T asked for."""
+    from hydra import compose, initialize_config_dir
+
+    from snnzoo.train.ann2snn import main
+    from snnzoo.train.cli import config_dir
+    from snnzoo.train.loop import run_training
+    overrides = [f'paths.output_dir={tmp_path}', 'trainer.progress_bar=false', 'trainer.device=cpu',
+                 'model=zoo', 'model.name=qcfs_resnet_fmnist', '+model.kwargs.img_size=8', 'trainer.max_steps=5',
+                 'trainer.eval_every_n_epochs=0', 'energy.enabled=false', 'optim.lr=0.01']
+    with initialize_config_dir(config_dir=str(config_dir()), version_base='1.3'):
+        cfg = compose(config_name='train', overrides=overrides)
+    run_training(cfg)
+    out = tmp_path / 'result.json'
+    assert main([str(tmp_path), '--methods', 'exact', 'qcfs', 'max', '--T', '1', '4', '16', '--calib-images', '64',
+                 '--json', str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result['methods']['exact']['acc'] == {'4': result['ann_acc']}  # qcfs_resnet_fmnist: L = 4
+    assert set(result['methods']['qcfs']['acc']) == set(result['methods']['max']['acc']) == {'1', '4', '16'}
+    with pytest.raises(SystemExit, match='does not exist'):
+        main([str(tmp_path / 'missing')])
