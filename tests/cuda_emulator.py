@@ -33,15 +33,16 @@ def compiler():
     return os.environ.get('CXX') or shutil.which('g++') or shutil.which('c++')
 
 
-def build(out_dir: Path, kernel_source: Path = CUDA_DIR / 'neuron_kernels.cu') -> ctypes.CDLL:
+def build(out_dir: Path, kernel_source: Path = CUDA_DIR / 'neuron_kernels.cu', optimize: bool = True) -> ctypes.CDLL:
     """g++ build of the kernels for the host (every float operation rounded, like NVRTC --fmad=false), cached in
-    ``out_dir`` by the hash of its sources; ``kernel_source`` replaces neuron_kernels.cu (tests of the tests)."""
-    digest = hashlib.sha256()
+    ``out_dir`` by the hash of its sources; ``kernel_source`` replaces neuron_kernels.cu (tests of the tests, which
+    build faster unoptimised)."""
+    digest = hashlib.sha256(str(optimize).encode())
     for path in (*SOURCES, kernel_source):
         digest.update(path.read_bytes())
     out = Path(out_dir) / f'libsnn_emu_{digest.hexdigest()[:16]}.so'
     if not out.exists():
-        cmd = [compiler(), '-std=c++20', '-O1', '-ffp-contract=off', '-shared', '-fPIC', '-I', str(CUDA_DIR),
+        cmd = [compiler(), '-std=c++20', '-O1' if optimize else '-O0', '-ffp-contract=off', '-shared', '-fPIC', '-I', str(CUDA_DIR),
                f'-DSNN_KERNELS="{kernel_source}"',
                str(HOST_DIR / 'launch.cpp'), '-o', str(out) + '.tmp']
         proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -14,7 +14,7 @@
 //   fire    S = (H >= V_th)
 //   reset   hard: V = H - H S (+ V_reset S);   soft: V = H - V_th S       (float arithmetic: inf H gives NaN V)
 // Backward (reverse time, carry = dL/dV[t], absent at t = T-1 without dL/dV[T]; sg = surrogate'(H - V_th)):
-//   gH      = gS sg - [carry (H - V_reset) sg] + carry (1 - S)     hard reset
+//   gH      = gS sg - [carry (H - V_reset) sg] + carry (H < V_th)  hard reset
 //           = gS sg - [V_th carry sg] + carry                       soft reset ([...]: dropped by detach_reset)
 //   gX      = gH / tau or gH k (decay_input), else gH;   carry <- gH - gH / tau (or gH k)   (IF: gX = carry <- gH)
 //   PLIF    dL/dk += gH dH/dk,  dH/dk = (H - V[t-1]) / k (decay_input) or -(V[t-1] - V_reset)
@@ -204,7 +204,7 @@ SNN_HD float backward_step(const Params& p, float h, float grad_s, bool has_carr
     if (has_carry) {
         if (HARD) {
             if (!detach) gh = fmaf(-carry, (h - p.v_reset) * sg, gh);
-            gh = fmaf(carry, 1.0f - fire(p, h), gh);
+            gh = fmaf(carry, h < p.v_threshold ? 1.0f : 0.0f, gh);   // 1 - S, but 0 for a NaN H (as torch.lt)
         } else {
             if (!detach) gh = fmaf(-p.v_threshold * carry, sg, gh);
             gh = gh + carry;
