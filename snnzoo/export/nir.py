@@ -79,7 +79,8 @@ def _neuron_node(node: BaseNode, shape: Tuple[int, ...], dt: float, where: str) 
     if cfg.v_reset is None:
         raise NIRExportError(f"{where} ({type(node).__name__}) uses a soft reset (v_reset=None: V - V_th after a "
                              f"spike); NIR 1.0.8's LIF and IF nodes only reset to v_reset, so it cannot be exported. "
-                             f"Build the network with a hard reset (v_reset=0.0)")
+                             f"Build the network with a hard reset (v_reset=0.0); an ANN-to-SNN converted network needs its soft "
+                             f"reset (and its initial membrane v_init), so it stays in PyTorch / ONNX")
     meta = {'dt': dt, 'snnzoo_node': type(node).__name__, 'snnzoo_v_threshold': cfg.v_threshold,
             'snnzoo_detach_reset': cfg.detach_reset, 'snnzoo_surrogate': cfg.surrogate, 'snnzoo_alpha': cfg.alpha}
     common = dict(v_threshold=_full(shape, _f32_below(cfg.v_threshold)), v_reset=_full(shape, cfg.v_reset))
@@ -307,6 +308,8 @@ def to_nir(model: nn.Module, sample: torch.Tensor, dt: float = DT,
         if isinstance(module, _ATTENTION):
             raise NIRExportError(f"{name} ({type(module).__name__}) multiplies activations (the attention matmul, "
                                  f"spike x spike). {_ATTENTION_HELP}")
+        if isinstance(module, BaseNode):
+            _neuron_node(module, (1,), dt, name)   # a soft reset (e.g. a converted SNN's IF) is refused up front
     shape = tuple(input_shape) if input_shape is not None else _feature_shape(sample)
     builder = _GraphBuilder(model, dt)
     builder.nodes['input'] = nir.Input(input_type={'input': np.array(shape)})
