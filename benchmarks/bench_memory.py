@@ -25,6 +25,7 @@ import argparse
 import copy
 import statistics
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -142,6 +143,26 @@ def project(rows: list, batch: int) -> dict:
     return out
 
 
+def plot(rows: list, path) -> None:
+    """Peak memory of a training step versus T, one panel per case, one line per variant."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    cases = list(dict.fromkeys(r['case'] for r in rows))
+    fig, axes = plt.subplots(1, len(cases), figsize=(4.2 * len(cases), 3.4), squeeze=False)
+    for ax, case in zip(axes[0], cases):
+        mine = sorted((r for r in rows if r['case'] == case), key=lambda r: r['T'])
+        for name in mine[0]:
+            if isinstance(mine[0][name], dict):
+                ax.plot([r['T'] for r in mine], [r[name]['peak_mb'] for r in mine], marker='o', label=name)
+        ax.set(title=f"{case} (batch {mine[0]['batch']})", xlabel='T', ylabel='peak MB of a training step')
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--cases', nargs='+', default=list(DEFAULT_CASES), choices=list(CASES), metavar='CASE')
@@ -161,6 +182,7 @@ def main():
     projection = project(rows, args.batch)
     for name, p in projection.items():
         print(name, {mode: {k: round(v, 1) for k, v in g.items()} for mode, g in p['gib'].items()}, 'GiB')
+    plot(rows, Path(args.out) / 'bench_memory_cpu.png')
     write_result(args.out, 'bench_memory_cpu.json', 'bench_memory', machine(), versions=dict(torch=torch.__version__),
                  step='forward + CE + backward (no optimizer step), CPU float32', steps=args.steps, rows=rows,
                  projection_224_batch64=projection)

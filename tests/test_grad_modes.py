@@ -54,7 +54,6 @@ def test_exact_mode_equals_bptt_on_reference_models(load_fixture, name):
     grads_bptt, buffers_bptt = _train_step(model.set_grad_mode('bptt') or model, x)
     model.load_state_dict(state)
     model.set_grad_mode('exact')
-    assert model.grad_checkpointing
     grads, buffers = _train_step(model, x)
     assert grads.keys() == grads_bptt.keys() and len(grads) == len(list(model.parameters()))
     for n, g in grads.items():
@@ -82,7 +81,7 @@ def test_exact_mode_keeps_dropout_and_drop_path_randomness():
     state = {k: v.clone() for k, v in model.state_dict().items()}
     grads_bptt, _ = _train_step(model, x, seed=3)
     model.load_state_dict(state)
-    model.set_grad_checkpointing(True)
+    model.set_grad_mode('exact')
     grads, _ = _train_step(model, x, seed=3)
     for n, g in grads.items():
         assert (g - grads_bptt[n]).abs().max() <= 1e-12, n
@@ -278,3 +277,26 @@ def test_bad_modes_and_combinations_fail_naming_the_options():
     with pytest.raises(ValueError, match="integer attribute T"):
         set_grad_mode(nn.Sequential(nn.Linear(2, 2), LIFNode()), 'sltt')
     assert GRAD_MODES == ('bptt', 'exact', 'sltt', 'ottt')
+
+
+def test_training_loop_runs_every_mode(tmp_path):
+    """``trainer.grad_mode`` through the Hydra loop (a few steps, with TET, accumulation and clipping); the same
+    first step in BPTT and exact mode; unknown modes and compile with a per-step mode refused with the options."""
+    pytest.importorskip('hydra')
+    from test_train import TINY, _train_cfg
+    from snnzoo.train.loop import run_training
+
+    common = [*TINY, 'loss=tet', 'loss.tet_lamb=0.05', 'trainer.clip_grad=1.0', 'trainer.accum_steps=2',
+              'trainer.max_steps=1', 'energy.enabled=false', 'trainer.eval_every_n_epochs=0']
+    losses = {}
+    for mode in GRAD_MODES:
+        result = run_training(_train_cfg(tmp_path / mode, *common, f'trainer.grad_mode={mode}'))
+        assert result['global_step'] == 1
+        losses[mode] = result['test_loss']
+    assert losses['exact'] == losses['bptt']
+    result = run_training(_train_cfg(tmp_path / 'k', *common, 'trainer.grad_mode=sltt', 'trainer.sltt_k=1'))
+    assert result['global_step'] == 1
+    with pytest.raises(ValueError, match=r"valid modes are \['bptt', 'exact', 'sltt', 'ottt'\]"):
+        run_training(_train_cfg(tmp_path / 'bad', *common, 'trainer.grad_mode=online'))
+    with pytest.raises(ValueError, match='trainer.compile=true cannot be combined with trainer.grad_mode=sltt'):
+        run_training(_train_cfg(tmp_path / 'compile', *common, 'trainer.grad_mode=sltt', 'trainer.compile=true'))

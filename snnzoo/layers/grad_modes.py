@@ -13,15 +13,18 @@
   ``k``: SLTT-K, back-propagate only ``k`` steps drawn at random (the others run under ``no_grad``).
 - ``'ottt'``   online training through time (Xiao et al., NeurIPS 2022): per step as SLTT, and every convolution /
   linear layer whose input is spikes (values in {0, 1}) takes its weight gradient from the presynaptic trace
-  ``a[t] = lambda a[t-1] + s[t]`` instead of ``s[t]``: ``dL/dW = sum_t g[t] a[t]^T`` with ``g[t] = dl_t/du[t]``. Layers
+  ``a[t] = lambda a[t-1] + s[t]`` instead of ``s[t]``: ``dL/dW = sum_t g[t] a[t]^T``, ``g[t] = dl_t/du[t]``. Layers
   with real-valued inputs (the first, image-reading layer; SEW's ADD sums) keep the instantaneous input. It does not
   apply to spike x spike attention: there ``Q K^T V`` multiplies two time-varying activations, and the trace of a
   product is not the product of the traces, so no presynaptic trace gives its gradient; such models raise.
 
-Per-step execution (SLTT, OTTT) changes what a training-mode BatchNorm sees: one step's batch ``B`` instead of ``T x B``.
-snnzoo uses per-step statistics (as the SLTT and OTTT reference code, which run single-step networks): each step is
-normalised with its own batch statistics and the running statistics are updated once per step. Static images run
-the model with ``T = 1`` per step (the same image every step); event frames ``[B, T, C, H, W]`` feed frame ``t``.
+Per-step execution (SLTT, OTTT) changes what a training-mode BatchNorm sees: one step's batch ``B`` instead of
+``T x B``. snnzoo uses per-step statistics: each step is normalised with its own batch statistics and the running
+statistics are updated once per step (T updates per batch). Statistics shared over the sequence would need every
+step's pre-activations at once, which is the memory SLTT avoids. Static images run the model with ``T = 1`` per step
+(the same image every step); event frames ``[B, T, C, H, W]`` feed frame ``t``. OTTT's trace decay is one value for
+the model (``1 - 1/tau`` of its first neuron, a PLIF's decay as it is when the mode is set); a BatchNorm between a
+layer and its neuron applies step t's statistics to the whole trace (OTTT's derivation has no BatchNorm).
 
 Usage::
 
@@ -127,7 +130,6 @@ def set_block_checkpointing(model: nn.Module, enable: bool = True) -> nn.Module:
             unit.forward = types.MethodType(_checkpointed_forward, unit)
         elif 'forward' in unit.__dict__:
             del unit.forward
-    model.grad_checkpointing = bool(enable)
     return model
 
 
@@ -186,7 +188,7 @@ def get_grad_mode(model: nn.Module) -> str:
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    while hasattr(model, 'module') and isinstance(model.module, nn.Module) or hasattr(model, '_orig_mod'):
+    while isinstance(getattr(model, 'module', None), nn.Module) or hasattr(model, '_orig_mod'):
         model = getattr(model, 'module', None) or model._orig_mod
     return model
 
