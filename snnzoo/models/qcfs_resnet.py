@@ -54,11 +54,13 @@ class QCFSResNet(nn.Module):
         in_chans: input channels.
         img_size: nominal input size (for the pretrained config); any size works (global pooling).
         drop_rate: dropout before ``fc``.
+        backend: accepted for the zoo's common constructor signature (``snnzoo-convert`` passes it); an ANN has no
+            neurons, so it changes nothing.
     """
 
     def __init__(self, widths: Sequence[int] = (16, 32, 64), layers: Sequence[int] = (1, 1, 1),
                  stem_width: int = 16, L: int = 8, num_classes: int = 10, in_chans: int = 3,
-                 img_size: Union[int, Tuple[int, int]] = 32, drop_rate: float = 0.0):
+                 img_size: Union[int, Tuple[int, int]] = 32, drop_rate: float = 0.0, backend: str = 'auto'):
         super().__init__()
         widths, layers = [int(w) for w in widths], [int(d) for d in layers]
         if len(widths) != len(layers) or not widths or min(layers) < 1 or min(widths) < 1:
