@@ -42,13 +42,13 @@ def build(out_dir: Path, kernel_source: Path = CUDA_DIR / 'neuron_kernels.cu', o
         digest.update(path.read_bytes())
     out = Path(out_dir) / f'libsnn_emu_{digest.hexdigest()[:16]}.so'
     if not out.exists():
-        cmd = [compiler(), '-std=c++20', '-O1' if optimize else '-O0', '-ffp-contract=off', '-shared', '-fPIC', '-I', str(CUDA_DIR),
-               f'-DSNN_KERNELS="{kernel_source}"',
-               str(HOST_DIR / 'launch.cpp'), '-o', str(out) + '.tmp']
+        cmd = [compiler(), '-std=c++20', '-O1' if optimize else '-O0', '-ffp-contract=off', '-shared', '-fPIC',
+               '-I', str(CUDA_DIR), f'-DSNN_KERNELS="{kernel_source}"', str(HOST_DIR / 'launch.cpp'),
+               '-o', f'{out}.{os.getpid()}.tmp']
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
-        os.replace(str(out) + '.tmp', out)
+        os.replace(f'{out}.{os.getpid()}.tmp', out)
     lib = ctypes.CDLL(str(out))
     p, f, i, ll, u = ctypes.c_void_p, ctypes.c_float, ctypes.c_int, ctypes.c_longlong, ctypes.c_uint
     lib.emu_error.restype = ctypes.c_char_p

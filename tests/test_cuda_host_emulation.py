@@ -16,7 +16,6 @@ import snnzoo.cuda as snn_cuda
 from cuda_emulator import CUDA_DIR, Emulator, KernelFault, build, emulator_lib, host_ops  # noqa: F401 (fixtures)
 from snnzoo.cuda import kernels, ops
 from snnzoo.layers import LIFNode
-from snnzoo.layers import neuron as neuron_module
 from snnzoo.layers.neuron import NeuronConfig, neuron_multistep
 from test_cuda_kernels import CONFIGS, _layouts, assert_grads_close, cfg_id, run, torch_backend
 
@@ -264,7 +263,7 @@ def test_auto_falls_back_once_from_a_broken_cupy(monkeypatch):
     monkeypatch.setattr(snn_cuda, 'is_available', lambda x=None: True)
     monkeypatch.setattr(kernels, 'function', broken_function)
     monkeypatch.setattr(snn_cuda, '_PROBED', {})
-    monkeypatch.setattr(neuron_module, '_WARNED', set())
+    monkeypatch.setattr(snn_cuda, '_WARNED', set())
     x = torch.randn(3, 2, 8) + 0.6
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
@@ -274,6 +273,8 @@ def test_auto_falls_back_once_from_a_broken_cupy(monkeypatch):
     assert "backend='torch'" in str(warning.message)
     ref = LIFNode(backend='torch')(x)
     assert all(torch.equal(out, ref) for out in outs)
+    compiled = torch.compile(LIFNode(backend='auto'), fullgraph=True, backend='eager')
+    assert torch.equal(compiled(x), ref)                  # the probe is a constant to torch.compile, not traced
     cuda_x = SimpleNamespace(is_cuda=True, dtype=torch.float32, device=torch.device('cuda', 0))
     with pytest.raises(RuntimeError, match=r"backend='cupy'.*libnvrtc\.so\.13.*pip install 'snnzoo\[cuda\]'"):
         snn_cuda.require(cuda_x)

@@ -11,11 +11,12 @@ This package imports nothing of snnzoo and does not import CuPy until a kernel r
 ops when first needed).
 """
 import importlib.util
+import warnings
 from typing import Optional
 
 import torch
 
-__all__ = ['is_available', 'unusable', 'require', 'neuron_multistep']
+__all__ = ['is_available', 'unusable', 'usable_for_auto', 'require', 'neuron_multistep']
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _CUPY_INSTALLED = importlib.util.find_spec('cupy') is not None
@@ -34,8 +35,10 @@ def is_available(x: Optional[torch.Tensor] = None) -> bool:
 
 
 _PROBED: dict = {}
+_WARNED: set = set()
 
 
+@torch.compiler.assume_constant_result   # evaluated once when torch.compile traces, not traced into
 def unusable(device: torch.device) -> Optional[str]:
     """Why the kernels cannot run on CUDA ``device`` although CuPy is installed (NVRTC missing or broken, a driver
     CuPy cannot use, ...), naming the fix; None when they can. Found once per device by compiling and loading one
@@ -51,6 +54,17 @@ def unusable(device: torch.device) -> Optional[str]:
                               f"{error}. Fix: install the CuPy build matching your CUDA driver (pip install "
                               f"'snnzoo[cuda]', or cupy-cuda12x for a CUDA 12 driver), or use backend='torch'")
     return _PROBED[index]
+
+
+@torch.compiler.assume_constant_result
+def usable_for_auto(device: torch.device) -> bool:
+    """``backend='auto'``: whether the kernels run on CUDA ``device``; when CuPy is broken, say why (once) and let
+    the torch backend run."""
+    problem = unusable(device)
+    if problem and problem not in _WARNED:
+        _WARNED.add(problem)
+        warnings.warn(f"backend='auto' uses the torch backend: {problem}", RuntimeWarning, stacklevel=2)
+    return problem is None
 
 
 def require(x: torch.Tensor) -> None:

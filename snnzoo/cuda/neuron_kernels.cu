@@ -6,8 +6,8 @@
 //
 // Template parameters: S = storage type (float, snn::half16, snn::bfloat16), CHARGE = snn::Charge, HARD = hard
 // reset, SG = snn::Surrogate (backward only). Everything else is a runtime argument (Params / Flag). The state
-// tensors (v0, v_last, grad_v, grad_v0: [N]) are float32, and so is PLIF's saved H (SavedH). k points at PLIF's decay (float32, device memory, so no
-// host synchronisation). grad_k (PLIF) receives one float64 partial sum of dL/dk per block ([gridDim.x]), which the
+// tensors (v0, v_last, grad_v, grad_v0: [N]) are float32, and so is PLIF's saved H (SavedH). k points at PLIF's
+// decay (float32, device memory, so no host synchronisation). grad_k (PLIF) receives one float64 partial sum of dL/dk per block ([gridDim.x]), which the
 // caller sums in a fixed order: the result does not depend on the blocks' timing.
 #include "neuron_core.cuh"
 

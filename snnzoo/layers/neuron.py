@@ -22,7 +22,6 @@ float16 / bfloat16 inputs are computed in float32),
 installed and works, else torch (a broken CuPy, e.g. NVRTC missing, gets one warning).
 """
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -253,16 +252,7 @@ def _use_cupy(backend: str, x: torch.Tensor) -> bool:
     if backend == 'cupy':
         cuda.require(x)
         return True
-    if not cuda.is_available(x):
-        return False
-    problem = cuda.unusable(x.device)
-    if problem and problem not in _WARNED:
-        _WARNED.add(problem)
-        warnings.warn(f"backend='auto' uses the torch backend: {problem}", RuntimeWarning, stacklevel=3)
-    return problem is None
-
-
-_WARNED: set = set()
+    return cuda.is_available(x) and cuda.usable_for_auto(x.device)
 
 
 def _check_backend(backend: str) -> str:
