@@ -152,6 +152,10 @@ def main():
     if not snnzoo.cuda.is_available():
         print("bench_cuda.py needs CuPy for the fused kernels: pip install 'snnzoo[cuda]'.")
         return
+    problem = snnzoo.cuda.unusable(torch.device('cuda', torch.cuda.current_device()))
+    if problem:
+        print(f"bench_cuda.py: {problem}")
+        return
     from snnzoo.layers import LIFNode
 
     configs = [(T, [T, *args.shape], d) for T in args.T for d in args.dtypes]
