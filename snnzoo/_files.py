@@ -35,7 +35,8 @@ def _umask() -> int:
 def is_disk_full(error: BaseException) -> bool:
     """An OSError ENOSPC / EDQUOT, or the error torch.save raises when its file write failed on one."""
     while error is not None:
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT) or \
+                'No space left on device' in str(error):
             return True
         error = error.__cause__ or error.__context__
     return False

@@ -313,6 +313,8 @@ def test_bad_weight_files_name_the_file_and_the_problem(run_dir, tmp_path):
 
 def test_resume_with_another_model_config_lists_the_keys(run_dir, tmp_path):
     last = run_dir / 'checkpoints' / 'last.pt'
+    with pytest.raises(CheckpointError, match=rf'is a folder, not a file: use ckpt_path={last}'):
+        load_training_state(run_dir)
     with pytest.raises(CheckpointError, match=r'(?s)another model configuration.*shape mismatch.*model.checkpoint='):
         run_training(_train_cfg(tmp_path, 'model.kwargs.embed_dim=32', 'trainer.max_steps=2', f'ckpt_path={last}'))
 

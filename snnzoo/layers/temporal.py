@@ -24,7 +24,8 @@ class NonFiniteInputError(FloatingPointError):
 def _symbolic(x: torch.Tensor) -> bool:
     """True while tracing, compiling or exporting, or for a tensor without data: no data-dependent check then."""
     return (x.device.type == 'meta' or torch.jit.is_tracing() or torch.compiler.is_compiling()
-            or torch.onnx.is_in_onnx_export() or type(x) is not torch.Tensor and not isinstance(x, nn.Parameter))
+            or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
+            or type(x) is not torch.Tensor and not isinstance(x, nn.Parameter))
 
 
 def check_finite(x: torch.Tensor, what: str = 'model input') -> None:

@@ -89,6 +89,11 @@ def load_training_state(path: Union[str, os.PathLike]) -> dict:
     process), ``epoch``, ``global_step``, ``config`` (YAML text), ``metrics``.
     """
     path = Path(path)
+    if path.is_dir():
+        inside = next((p for p in (path / 'checkpoints' / 'last.pt', path / 'last.pt') if p.is_file()), None)
+        raise CheckpointError(f"training checkpoint {str(path)!r} is a folder, not a file: "
+                              + (f"use ckpt_path={inside}" if inside else "give the last.pt inside a run's "
+                                 "checkpoints/ folder"))
     if not path.is_file():
         raise CheckpointError(f"training checkpoint {str(path)!r} does not exist")
     size = path.stat().st_size

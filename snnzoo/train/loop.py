@@ -256,8 +256,9 @@ def _train(cfg: DictConfig, info: DistInfo) -> dict:
     tr, data_cfg, device = cfg.trainer, cfg.data, info.device
     out_dir = Path(broadcast_object(str(Path(cfg.paths.output_dir).resolve())))
     ckpt_dir = out_dir / 'checkpoints'
-    if info.is_main:  # the temporary files of a run killed while saving
-        for folder in (out_dir, ckpt_dir):
+    if info.is_main:  # the temporary files of a run killed while saving (this run's folders, the resumed one's)
+        resumed = [Path(cfg.ckpt_path).parent, Path(cfg.ckpt_path).parent.parent] if cfg.get('ckpt_path') else []
+        for folder in (out_dir, ckpt_dir, *resumed):
             for stale in remove_stale_temporaries(folder):
                 log.info(f"removed {stale}, left by an interrupted save")
     if not info.is_main:
