@@ -22,7 +22,6 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 
 import snnzoo  # noqa: E402
 from snnzoo.layers import LIFNode, MultiStep, to_time_major  # noqa: E402
-from snnzoo.train import checkpoint as ckpt_mod  # noqa: E402
 from snnzoo.train.checkpoint import (CheckpointError, ConfigRefusedError, export_model,  # noqa: E402
                                      load_trained_model, load_training_state, save_training_state)
 from snnzoo.train.loop import run_evaluation, run_training  # noqa: E402
@@ -157,7 +156,8 @@ def test_snnzoo_eval_refuses_planted_configs(run_dir, tmp_path):
         with pytest.raises(ConfigRefusedError, match='trust_config=true'):
             run_evaluation(_eval_cfg(planted, tmp_path / 'eval'))
     planted = _plant(run_dir, tmp_path / 'cli', 'pt_model', chains['torch_load'])
-    proc = subprocess.run([sys.executable, '-c', 'from snnzoo.train.cli import evaluate; evaluate()', f'checkpoint={planted}',
+    cli = 'from snnzoo.train.cli import evaluate; evaluate()'
+    proc = subprocess.run([sys.executable, '-c', cli, f'checkpoint={planted}',
                            f'hydra.run.dir={tmp_path / "eval_cli"}', 'energy.enabled=false'],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode != 0
@@ -230,6 +230,8 @@ def test_custom_models_need_the_command_line_opt_in(tmp_path, capsys):
     (lambda c: c['model_args'].update(embed_dim={'a': 1}), 'must be a number, string, boolean, null or a list'),
     (lambda c: c['snnzoo']['data']['test'].update(name='no_such_data'), "unknown data set 'no_such_data'"),
     (lambda c: c['snnzoo']['data']['test'].update(not_a_param=1), 'data.test.not_a_param'),
+    (lambda c: c['snnzoo']['data']['test'].update(transform={'_target_': 'snnzoo.data.build_transforms',
+                                                             '_args_': ['digits']}), 'stored config was refused'),
 ])
 def test_stored_keywords_are_checked_against_the_constructor(run_dir, tmp_path, edit, message):
     dst = tmp_path / 'run'
@@ -379,7 +381,8 @@ def test_model_input_messages():
 FAMILIES = [('spikformer_1_64_digits', {}), ('spikingformer_2_384_cifar', dict(embed_dim=64, depth=1, num_heads=4)),
             ('sdt_2_512_cifar', dict(embed_dim=64, depth=1, num_heads=4)),
             ('qkformer_4_384_cifar', dict(embed_dim=64, num_heads=4)),
-            ('meta_spikeformer_8_384', dict(img_size=32, embed_dim=(16, 32, 64, 64), depth=(1, 1, 1, 1), num_heads=4)), ('sew_resnet_fmnist', {}), ('ms_resnet18', {})]
+            ('meta_spikeformer_8_384', dict(img_size=32, embed_dim=(16, 32, 64, 64), depth=(1, 1, 1, 1), num_heads=4)),
+            ('sew_resnet_fmnist', {}), ('ms_resnet18', {})]
 
 
 @pytest.mark.parametrize('name, kwargs', FAMILIES, ids=[f[0] for f in FAMILIES])
@@ -423,13 +426,11 @@ def test_non_finite_data_stops_training_eval_and_energy(run_dir, tmp_path, monke
     with pytest.raises(FloatingPointError, match=r'evaluation batch 1 holds NaN .*first in sample 1 of the batch'):
         run_evaluation(cfg)
     from snnzoo.energy import cli
-    real = cli._dataset_batches
     monkeypatch.setattr(cli, '_dataset_batches', lambda args: (
         torch.utils.data.DataLoader(_nan_digits('digits', 'test'), batch_size=4), 'digits with a NaN sample'))
     with pytest.raises(SystemExit, match=r'batch 1 of digits with a NaN sample holds NaN .*sample 1'):
         cli.main([DIGITS, '--data', 'digits', '--batches', '3', '--batch-size', '4', '--no-plot',
                   '--out', str(tmp_path / 'energy')])
-    assert real is not None
 
 
 @pytest.mark.parametrize('override, message', [

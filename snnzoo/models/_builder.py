@@ -171,7 +171,7 @@ def build_snn_model(model_cls: Callable[..., nn.Module], variant: str, pretraine
     adapting the first conv to another ``in_chans`` and dropping the classifier for another ``num_classes`` (0
     included)."""
     num_classes = kwargs.get('num_classes')
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0):
+    if num_classes is not None and (type(num_classes) is not int or num_classes < 0):
         raise ValueError(f"{variant}: num_classes={num_classes!r} must be an integer >= 0 (0 removes the classifier: "
                          f"the model then returns its pooled features)")
     overlay = dict(kwargs.pop('pretrained_cfg_overlay', None) or {})

@@ -31,8 +31,8 @@ import torch.nn as nn
 from .._files import atomic_write, is_disk_full, remove_stale_temporaries
 
 __all__ = ['CheckpointError', 'ConfigRefusedError', 'TrainedModel', 'atomic_write', 'remove_stale_temporaries',
-           'capture_rng_state', 'restore_rng_state', 'save_training_state', 'load_training_state', 'export_model', 'load_exported',
-           'load_trained_model', 'build_registered_model', 'TRAIN_STATE_FORMAT']
+           'capture_rng_state', 'restore_rng_state', 'save_training_state', 'load_training_state', 'export_model',
+           'load_exported', 'load_trained_model', 'build_registered_model', 'TRAIN_STATE_FORMAT']
 
 TRAIN_STATE_FORMAT = 'snnzoo-train-state-v1'
 WEIGHTS_NAME = 'model.safetensors'
@@ -276,6 +276,8 @@ def _check_data(node: dict, source: Path, where: str) -> dict:
     for key, value in node.items():
         if key == '_target_':
             continue
+        if str(key).startswith('_'):  # Hydra's _args_ / _partial_ / _convert_ ...: instructions, not data
+            raise _refuse(source, [(f"{where}.{key}", node[key])])
         if key not in params and not (takes_any and (target != _DATA_BUILDERS[0] or key in _DATASET_OPTS)):
             raise CheckpointError(f"{source}: {where}.{key} is not a parameter of {target}; remove it from the "
                                   f"stored config or choose the data on the command line (data=<name>)")
@@ -399,7 +401,8 @@ def load_trained_model(path: Union[str, os.PathLike], trust_config: bool = False
         raise CheckpointError(f"{config_file}: its model / data entries are not mappings; re-export the model")
 
     test_cfg = (data_cfg or {}).get('test')
-    targets = _targets(model_cfg, 'model') + [(k, v) for k, v in _targets(test_cfg, 'data.test') if v not in _DATA_BUILDERS]
+    targets = _targets(model_cfg, 'model')
+    targets += [(k, v) for k, v in _targets(test_cfg, 'data.test') if v not in _DATA_BUILDERS]
     if targets and not trust_config:
         raise _refuse(config_file, targets)
     if targets:
