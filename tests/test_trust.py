@@ -517,3 +517,19 @@ def test_frame_cache_serves_only_checked_frames_and_cleans_up(tmp_path, monkeypa
     monkeypatch.setattr(_files, '_STARTED', stale.stat().st_mtime + 1)  # as if this process started afterwards
     FrameCache(tmp_path / 'cache', 'test', {'T': 2}, frame_shape=(2, 2, 4, 4))
     assert not stale.exists()
+
+
+@pytest.mark.cuda
+def test_non_finite_cuda_input_trips_the_asynchronous_assertion():
+    """On CUDA the check never synchronises: the device assertion fires at the next synchronisation. It ends the CUDA
+    context, so it runs in its own process."""
+    code = ("import torch, snnzoo\n"
+            "m = snnzoo.create_model('spikformer_1_64_digits', pretrained=True).cuda().eval()\n"
+            "x = torch.rand(4, 1, 8, 8, device='cuda')\n"
+            "assert m(x).shape == (4, 10) and m(x[:0]).shape == (0, 10)\n"
+            "x[1, 0, 2, 2] = float('nan')\n"
+            "y = m(x)\n"
+            "torch.cuda.synchronize()\n")
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    out = proc.stderr + proc.stdout
+    assert proc.returncode != 0 and ('NaN or infinite' in out or 'device-side assert' in out), out[-2000:]
