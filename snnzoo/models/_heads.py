@@ -17,7 +17,8 @@ from ..layers.grad_modes import GradModeMixin
 from ..layers.saved_spikes import RecomputeSpikesMixin
 from ..layers.temporal import check_input_dtype, empty_batch_output
 
-__all__ = ['LinearHeadMixin', 'create_classifier', 'check_global_pool', 'init_trunc_normal_', 'pooled_head']
+__all__ = ['LinearHeadMixin', 'create_classifier', 'check_global_pool', 'init_trunc_normal_', 'is_per_step',
+           'pooled_head', 'unpooled']
 
 
 def init_trunc_normal_(m: nn.Module, types: Union[Type[nn.Module], Tuple[Type[nn.Module], ...]] = nn.Linear) -> None:
@@ -29,14 +30,21 @@ def init_trunc_normal_(m: nn.Module, types: Union[Type[nn.Module], Tuple[Type[nn
             nn.init.zeros_(m.bias)
 
 
+def is_per_step(x: torch.Tensor, rank: int) -> bool:
+    """Whether ``x`` is per step (rank ``rank``, T first) rather than averaged over T. A traced FX value is: FX traces
+    ``forward``, which feeds the head the per-step stream."""
+    return isinstance(x, torch.fx.Proxy) or x.dim() == rank
+
+
 def pooled_head(x: torch.Tensor, head_drop: nn.Module, head: nn.Module, pre_logits: bool = False,
                 return_per_step: bool = False) -> torch.Tensor:
     """Pooled per-step features ``[T, B, C]`` -> mean over T (unless ``return_per_step``) -> ``head_drop`` -> ``head``:
     logits ``[B, num_classes]`` (``[T, B, num_classes]`` per step); ``pre_logits``: the features ``[B, C]`` instead.
     Features already averaged over T, ``[B, C]``, go straight to the head."""
-    if x.dim() == 3 and not return_per_step:
+    per_step = is_per_step(x, 3)
+    if per_step and not return_per_step:
         x = x.mean(0)
-    elif x.dim() == 2 and return_per_step:
+    elif not per_step and return_per_step:
         raise ValueError("per-step logits need the per-step features: pass forward_features(x, return_per_step=True)")
     x = head_drop(x)
     return x if pre_logits else head(x)
@@ -46,7 +54,8 @@ def check_global_pool(global_pool: str, num_classes: int, name: str) -> str:
     """``'avg'`` (mean over space, then over T) or ``''`` (no pooling: the head returns the unpooled features, so only
     with ``num_classes=0``)."""
     if global_pool not in ('avg', ''):
-        raise ValueError(f"{name} pools by averaging over space and time: global_pool must be 'avg' or '' (no pooling), "
+        raise ValueError(f"{name} pools by averaging over space and time: global_pool must be 'avg' or '' "
+                         f"(no pooling), "
                          f"got {global_pool!r}")
     if global_pool == '' and num_classes > 0:
         raise ValueError(f"{name}: global_pool='' (unpooled features) needs num_classes=0, got {num_classes}")
@@ -66,7 +75,7 @@ def create_classifier(model: nn.Module, in_features: int, num_classes: int) -> n
 def unpooled(x: torch.Tensor, return_per_step: bool = False) -> torch.Tensor:
     """The unpooled features of ``forward_head`` with ``global_pool=''``: a per-step stream ``[T, B, C, H, W]`` averaged
     over T (unless ``return_per_step``); ``[B, C, H, W]`` unchanged."""
-    return x.mean(0) if x.dim() == 5 and not return_per_step else x
+    return x.mean(0) if is_per_step(x, 5) and not return_per_step else x
 
 
 class LinearHeadMixin(GradModeMixin, RecomputeSpikesMixin):
@@ -110,7 +119,8 @@ class LinearHeadMixin(GradModeMixin, RecomputeSpikesMixin):
                               intermediates_only: bool = False, return_per_step: bool = False):
         """timm's feature API: the outputs of the levels in ``feature_info`` selected by ``indices`` (None: all; an int
         n: the last n), each averaged over T ``[B, C, H, W]`` (``[T, B, C, H, W]`` with ``return_per_step``), and the
-        final features (= ``forward_features``) unless ``intermediates_only``. ``norm`` has no effect (no final norm)."""
+        final features (= ``forward_features``) unless ``intermediates_only``. ``norm`` has no effect (no final
+        norm)."""
         if output_fmt != 'NCHW':
             raise ValueError(f"{type(self).__name__} produces NCHW feature maps only, got output_fmt={output_fmt!r}")
         take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
@@ -141,6 +151,8 @@ class LinearHeadMixin(GradModeMixin, RecomputeSpikesMixin):
     def forward(self, x: torch.Tensor, return_per_step: bool = False):
         """``[B, C, H, W]`` or ``[B, T, C, H, W]`` -> logits ``[B, num_classes]`` (``[T, B, num_classes]`` with
         ``return_per_step``). See :meth:`set_recompute_spikes` for the spikes saved for backward."""
+        if isinstance(return_per_step, torch.fx.Proxy):  # FX traces forward(x): the default
+            return_per_step = False
         check_input_dtype(self, x)
         if isinstance(x, torch.Tensor) and x.dim() in (4, 5) and x.shape[0] == 0:
             return empty_batch_output(self, x, return_per_step)

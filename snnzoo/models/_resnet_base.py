@@ -73,6 +73,8 @@ class SpikingResNetBase(GradModeMixin, RecomputeSpikesMixin, nn.Module):
 
     def forward(self, x: torch.Tensor, return_per_step: bool = False) -> torch.Tensor:
         """See :meth:`set_recompute_spikes` for the spikes saved for backward."""
+        if isinstance(return_per_step, torch.fx.Proxy):  # FX traces forward(x): the default
+            return_per_step = False
         check_input_dtype(self, x)
         if isinstance(x, torch.Tensor) and x.dim() in (4, 5) and x.shape[0] == 0:
             return empty_batch_output(self, x, return_per_step)
@@ -102,8 +104,8 @@ class SpikingResNetBase(GradModeMixin, RecomputeSpikesMixin, nn.Module):
 
     def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> List[int]:
-        """Drop the stages after the last wanted feature (and the classifier; with ``prune_norm``, what ``_final`` adds),
-        so that ``forward_features`` ends at that feature; returns the absolute indices."""
+        """Drop the stages after the last wanted feature (and the classifier; with ``prune_norm``, what ``_final``
+        adds), so that ``forward_features`` ends at that feature; returns the absolute indices."""
         take_indices, max_index = feature_take_indices(5, indices)
         for i in range(max_index + 1, 5):
             setattr(self, f'layer{i}', nn.Identity())

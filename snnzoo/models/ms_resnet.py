@@ -33,6 +33,8 @@ from ._heads import check_global_pool
 from ._registry import register_model
 from ._resnet_base import SpikingResNetBase
 
+torch.fx.wrap('to_time_major')  # a leaf of FX graphs: input checks and layout choices are not traced
+
 __all__ = ['MSResNet', 'checkpoint_filter_fn']
 
 _STEMS = ('7x7', 'deep')
@@ -148,12 +150,13 @@ class MSResNet(SpikingResNetBase):
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         """Input -> stem membrane input ``[T, B, 64, H/2, W/2]``."""
-        static = torch.is_tensor(x) and x.dim() == 4
+        static = isinstance(x, torch.fx.Proxy) or torch.is_tensor(x) and x.dim() == 4  # FX graphs take images
         x = to_time_major(x, 1, self.in_chans, name=type(self).__name__)
-        self._check_size(x)
+        if not isinstance(x, torch.fx.Proxy):
+            self._check_size(x)
         x = self.conv1(x.flatten(0, 1)).unflatten(0, x.shape[:2])
         if static:  # identical per step: convolve once, then repeat (the original convolves each copy)
-            x = x.expand(self.T, *x.shape[1:])
+            x = x.expand(self.T, -1, -1, -1, -1)
         return self.bn1(x.flatten(0, 1)).unflatten(0, x.shape[:2])
 
     def _final(self, x: torch.Tensor) -> torch.Tensor:

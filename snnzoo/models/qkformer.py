@@ -38,6 +38,8 @@ from ._builder import build_snn_model
 from ._heads import LinearHeadMixin, check_global_pool, init_trunc_normal_, pooled_head, unpooled
 from ._registry import register_model
 
+torch.fx.wrap('to_time_major')  # a leaf of FX graphs: input checks and layout choices are not traced
+
 __all__ = ['QKFormer', 'QKFormerBlock', 'checkpoint_filter_fn']
 
 IntOrList = Union[int, Sequence[int]]
@@ -182,7 +184,8 @@ class QKFormer(LinearHeadMixin, nn.Module):
         self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
         stride = 2 ** sum(cfg['stem_pool'])
         self.feature_info = [dict(num_chs=dims[0], reduction=stride, module='patch_embed1')] + [
-            dict(num_chs=dims[i], reduction=stride * 2 ** i, module=f'stage{i + 1}') for i in range(n)]
+            dict(num_chs=dims[i], reduction=stride * 2 ** i,
+                 module=f'stage{i + 1}.{depths[i] - 1}' if depths[i] else f'patch_embed{i + 1}') for i in range(n)]
         self.apply(init_trunc_normal_)
 
     def _attention(self, dim: int, num_heads: int, last: bool, neuron_layer: Callable[..., nn.Module]) -> nn.Module:
@@ -297,9 +300,11 @@ default_cfgs = generate_default_cfgs({
     'qkformer_10_384': _cfg(),
     'qkformer_10_512': _cfg(),
     'qkformer_10_768': _cfg(),
-    'qkformer_4_384_cifar': _cfg(num_classes=10, input_size=(3, 32, 32), pool_size=(8, 8), crop_pct=1.0, mean=_CIFAR10_MEAN,
+    'qkformer_4_384_cifar': _cfg(num_classes=10, input_size=(3, 32, 32), pool_size=(8, 8), crop_pct=1.0,
+                                 mean=_CIFAR10_MEAN,
                                  std=_CIFAR10_STD),
-    'qkformer_2_256_dvs': _cfg(num_classes=10, input_size=(2, 128, 128), pool_size=(8, 8), crop_pct=1.0, mean=(0.0, 0.0),
+    'qkformer_2_256_dvs': _cfg(num_classes=10, input_size=(2, 128, 128), pool_size=(8, 8), crop_pct=1.0,
+                               mean=(0.0, 0.0),
                                std=(1.0, 1.0)),
 })
 

@@ -34,6 +34,9 @@ from ._heads import check_global_pool, pooled_head, unpooled
 from ._registry import register_model
 from ._resnet_base import SpikingResNetBase
 
+torch.fx.wrap('channels_last_frames')  # a leaf of FX graphs: input checks and layout choices are not traced
+torch.fx.wrap('to_time_major')
+
 __all__ = ['SEWResNet', 'SEWResNetDVS', 'checkpoint_filter_fn']
 
 _BLOCKS = {'basic': SEWBasicBlock, 'bottleneck': SEWBottleneck}
@@ -132,11 +135,11 @@ class SEWResNet(SpikingResNetBase):
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         """Input -> stem spikes ``[T, B, 64, H/2, W/2]`` (before the max-pool)."""
-        static = torch.is_tensor(x) and x.dim() == 4
+        static = isinstance(x, torch.fx.Proxy) or torch.is_tensor(x) and x.dim() == 4  # FX graphs take images
         x = channels_last_frames(to_time_major(x, 1, self.in_chans, name=type(self).__name__))
         x = self.bn1(self.conv1(x.flatten(0, 1))).unflatten(0, x.shape[:2])
         if static:  # the original computes conv1 + bn1 once on the image and then repeats it
-            x = x.expand(self.T, *x.shape[1:])
+            x = x.expand(self.T, -1, -1, -1, -1)
         return self.sn1(x)
 
     def _post_stem(self, x: torch.Tensor) -> torch.Tensor:

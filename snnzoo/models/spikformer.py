@@ -43,6 +43,8 @@ from ._builder import build_snn_model
 from ._heads import LinearHeadMixin, check_global_pool, init_trunc_normal_, pooled_head, unpooled
 from ._registry import register_model
 
+torch.fx.wrap('to_time_major')  # a leaf of FX graphs: input checks and layout choices are not traced
+
 __all__ = ['Spikformer', 'SpikformerBlock', 'checkpoint_filter_fn']
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
