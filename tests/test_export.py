@@ -109,7 +109,7 @@ def _snntorch_run(graph, frames: torch.Tensor) -> tuple:
     return torch.stack(outs), {k: torch.stack(v) for k, v in spikes.items()}
 
 
-@pytest.mark.parametrize('name, n_max', [('sew_resnet_nmnist', None), ('sew_resnet_fmnist', 1000)])
+@pytest.mark.parametrize('name, n_max', [('sew_resnet_nmnist', None), ('sew_resnet_fmnist', 500)])
 def test_published_weights_run_by_snntorch(name, n_max, data_dir, tmp_path_factory, capsys):
     """The published SEW-ResNets as NIR (PLIF, hard reset, SEW ADD sums, max-pools of spike counts), imported by
     snnTorch 1.0.0 and run on real test recordings / images: every layer's per-step spikes equal snnzoo's up to
@@ -349,7 +349,7 @@ def test_fuse_on_reference_fixtures(fixture, load_fixture):
 
 # ---------------------------------------------------------------------------------------------------------- CLI
 
-def test_cli_writes_nir_and_onnx(tmp_path, capsys):
+def test_cli_writes_nir(tmp_path, capsys):
     from snnzoo.train.export_cli import main
     model = snnzoo.create_model('sew_resnet_fmnist', pretrained=True).eval()
     main(['sew_resnet_fmnist', '--pretrained', '--format', 'nir', '--out', str(tmp_path / 'f.nir')])
@@ -357,6 +357,16 @@ def test_cli_writes_nir_and_onnx(tmp_path, capsys):
     with torch.no_grad():
         torch.testing.assert_close(from_nir(tmp_path / 'f.nir')(x.expand(2, *x.shape)).mean(0), model(x),
                                    atol=1e-5, rtol=0)
+    with pytest.raises(SystemExit):
+        main(['spikformer_4_384_cifar', '--format', 'nir', '--out', str(tmp_path / 's.nir')])
+    assert 'attention matmul' in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_writes_onnx_from_a_checkpoint(tmp_path):
+    from snnzoo.train.export_cli import main
+    model = snnzoo.create_model('sew_resnet_fmnist', pretrained=True).eval()
+    x = torch.randn(2, 1, 28, 28)
     from safetensors.torch import save_file
     save_file(model.state_dict(), str(tmp_path / 'w.safetensors'))
     main(['sew_resnet_fmnist', '--checkpoint', str(tmp_path / 'w.safetensors'), '--format', 'onnx',
@@ -365,6 +375,3 @@ def test_cli_writes_nir_and_onnx(tmp_path, capsys):
     with torch.no_grad():
         np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0], model(x).numpy(),
                                    atol=1e-5, rtol=0)
-    with pytest.raises(SystemExit):
-        main(['spikformer_4_384_cifar', '--format', 'nir', '--out', str(tmp_path / 's.nir')])
-    assert 'attention matmul' in capsys.readouterr().err
