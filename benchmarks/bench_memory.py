@@ -16,13 +16,15 @@ SpikingJelly's model plain (``sj``) and with ``memopt.optimize_memory(level=1)``
 blocks with 1-bit spike compression; levels 2-4 search with CUDA memory statistics and need a GPU). SpikingJelly's own
 SLTT / OTTT neurons are single-step nodes for its online VGG and cannot run its multi-step zoo models: not measured.
 
-A projection to the papers' setting (224x224, batch 64 per GPU, T = 4 and 16) scales the measured activation bytes per
+A projection to the papers' setting (224x224, batch 64 per GPU, T = 4 and 16) scales the measured kept bytes per
 sample and step by the area ratio and adds weights, gradients and AdamW's two moments (16 bytes per parameter).
 
-    python benchmarks/bench_memory.py [--cases sew_resnet18@64] [--T 1 4 8 16] [--batch 2] [--steps 3]
+    python benchmarks/bench_memory.py [--cases sew_resnet18@64] [--T 1 4 8 16] [--batch 2] [--steps 3] [--no-warmup]
+    python benchmarks/bench_memory.py --merge a/bench_memory_cpu.json b/bench_memory_cpu.json
 """
 import argparse
 import copy
+import json
 import statistics
 import time
 from pathlib import Path
@@ -100,13 +102,14 @@ def _block_types(model: torch.nn.Module) -> tuple:
     return tuple(kinds)
 
 
-def measure(case: str, T: int, batch: int, steps: int) -> dict:
+def measure(case: str, T: int, batch: int, steps: int, warmup: bool = True) -> dict:
     torch.manual_seed(0)
     x, y = torch.randn(batch, *CASES[case][2]), torch.randint(0, 10, (batch,))
     runs = variants(case, T)
     row = {}
     for name, (step, forward) in runs.items():
-        step(x, y)                                                     # warm-up
+        if warmup:                                                     # else the peak includes allocating .grad
+            step(x, y)
         row[name] = dict(peak_mb=peak_allocated(lambda: step(x, y)) / 2 ** 20)
         if forward is not None:
             row[name]['kept_mb'] = kept_after_forward(lambda: forward(x)) / 2 ** 20
@@ -122,24 +125,23 @@ def measure(case: str, T: int, batch: int, steps: int) -> dict:
 
 
 def project(rows: list, batch: int) -> dict:
-    """GPU memory (GiB) per mode at 224x224, batch 64, T = 4 / 16, from each case's bytes per sample and step."""
+    """GPU memory (GiB) per mode at 224x224, batch 64, T = 4 / 16: 16 bytes per parameter (weights, gradients, AdamW's
+    two moments) plus the activations a training forward keeps, from each case's bytes per sample and step (BPTT, exact:
+    at the largest measured T; SLTT: one step's graph, i.e. BPTT's at T = 1) scaled by the area ratio."""
     import snnzoo
     out = {}
     for name, case in PROJECTED.items():
         measured = {r['T']: r for r in rows if r['case'] == case}
-        if not measured:
+        if 1 not in measured or len(measured) < 2:
             continue
         T_ref = max(measured)
-        r = measured[T_ref]
         params = sum(p.numel() for p in snnzoo.create_model(name).parameters())
         area = (224 / CASES[case][2][1]) ** 2
-        fixed = 16 * params                                      # weights, gradients, AdamW's two moments
-        per = {}
-        for mode in ('bptt', 'exact', 'sltt'):
-            per_sample_step = r[mode]['peak_mb'] * 2 ** 20 / (batch * (1 if mode == 'sltt' else T_ref))
-            per[mode] = {f'T{T}': (fixed + per_sample_step * area * 64 * (1 if mode == 'sltt' else T)) / 2 ** 30
-                         for T in (4, 16)}
-        out[name] = dict(params_m=params / 1e6, from_case=case, from_T=T_ref, gib=per)
+        per_step = {mode: measured[T_ref][mode]['kept_mb'] * 2 ** 20 / (batch * T_ref) for mode in ('bptt', 'exact')}
+        per_step['sltt'] = measured[1]['bptt']['kept_mb'] * 2 ** 20 / batch
+        gib = {mode: {f'T{T}': (16 * params + b * area * 64 * (1 if mode == 'sltt' else T)) / 2 ** 30 for T in (4, 16)}
+               for mode, b in per_step.items()}
+        out[name] = dict(params_m=params / 1e6, from_case=case, from_T=T_ref, gib=gib)
     return out
 
 
@@ -169,22 +171,34 @@ def main():
     parser.add_argument('--T', nargs='+', type=int, default=[1, 4, 8, 16])
     parser.add_argument('--batch', type=int, default=2)
     parser.add_argument('--steps', type=int, default=3, help='timed steps per variant (after one warm-up)')
+    parser.add_argument('--no-warmup', action='store_true', help='measure the first step (cheaper; the peak then '
+                        'includes allocating the gradients, the same bytes for every variant)')
+    parser.add_argument('--merge', nargs='+', metavar='JSON', help='combine the rows of earlier runs (e.g. one '
+                        'process per case run side by side) instead of measuring; the batch must match')
     parser.add_argument('--out', default=DEFAULT_OUT)
     args = parser.parse_args()
     rows = []
-    for case in args.cases:
+    for path in args.merge or []:
+        merged = json.loads(Path(path).read_text())
+        rows += merged['rows']
+        args.steps, args.no_warmup = merged['steps'], not merged.get('warmup', True)
+    for case in [] if args.merge else args.cases:
         for T in args.T:
-            row = dict(case=case, T=T, batch=args.batch, **measure(case, T, args.batch, args.steps))
+            row = dict(case=case, T=T, batch=args.batch, **measure(case, T, args.batch, args.steps, not args.no_warmup))
             rows.append(row)
             print(f"{case:24} T={T:2} " + ' | '.join(
                 f"{k} {v['peak_mb']:7.1f} MB {v['step_ms']:7.0f} ms" for k, v in row.items() if isinstance(v, dict)),
                 flush=True)
-    projection = project(rows, args.batch)
+    for row in rows:
+        if row['batch'] != rows[0]['batch']:
+            raise ValueError(f"rows of batch {row['batch']} and {rows[0]['batch']}: merge runs of one batch size")
+    projection = project(rows, rows[0]['batch'])
     for name, p in projection.items():
         print(name, {mode: {k: round(v, 1) for k, v in g.items()} for mode, g in p['gib'].items()}, 'GiB')
     plot(rows, Path(args.out) / 'bench_memory_cpu.png')
     write_result(args.out, 'bench_memory_cpu.json', 'bench_memory', machine(), versions=dict(torch=torch.__version__),
-                 step='forward + CE + backward (no optimizer step), CPU float32', steps=args.steps, rows=rows,
+                 step='forward + CE + backward (no optimizer step), CPU float32', steps=args.steps,
+                 warmup=not args.no_warmup, rows=rows,
                  projection_224_batch64=projection)
 
 

@@ -300,3 +300,23 @@ def test_training_loop_runs_every_mode(tmp_path):
         run_training(_train_cfg(tmp_path / 'bad', *common, 'trainer.grad_mode=online'))
     with pytest.raises(ValueError, match='trainer.compile=true cannot be combined with trainer.grad_mode=sltt'):
         run_training(_train_cfg(tmp_path / 'compile', *common, 'trainer.grad_mode=sltt', 'trainer.compile=true'))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize('mode', ['exact', 'sltt', 'ottt'])
+def test_grad_modes_on_cupy_kernels_match_torch(mode):
+    """Every mode on the fused CUDA kernels (the per-step modes: one-step calls from a given membrane) gives the
+    torch backend's gradients to float32 rounding."""
+    from snnzoo.layers import set_backend
+    model = snnzoo.create_model('sew_resnet18', layers=[1, 1, 1, 1], num_classes=10, img_size=32, T=4).cuda().train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.randn(4, 3, 32, 32, device='cuda'), torch.tensor([0, 1, 2, 3], device='cuda')
+    grads = {}
+    for backend in ('torch', 'cupy'):
+        model.load_state_dict(state)
+        model.zero_grad(set_to_none=True)
+        set_grad_mode(set_backend(model, backend), mode)
+        forward_backward(model, x, y, F.cross_entropy)
+        grads[backend] = {n: p.grad.clone() for n, p in model.named_parameters()}
+    for n, g in grads['torch'].items():
+        torch.testing.assert_close(grads['cupy'][n], g, rtol=1e-4, atol=1e-6, msg=n)
