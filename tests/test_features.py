@@ -127,3 +127,14 @@ def test_device_dtype_construction(name, kwargs, shape):
     m.reset_classifier(7)
     head = m.get_classifier()
     assert head.weight.device.type == 'meta' and head.weight.dtype == torch.float64
+
+
+def test_set_input_size():
+    """Spikformer's fixed input size is a check only (no position embedding): timm's set_input_size moves it."""
+    m = snnzoo.create_model('spikformer_4_384_cifar', embed_dim=32, depth=1, num_heads=2, T=1)
+    with pytest.raises(ValueError, match=r'\(32, 32\)'):
+        m(torch.rand(1, 3, 64, 64))
+    m.set_input_size(img_size=64)
+    assert m.forward_features(torch.rand(1, 3, 64, 64)).shape == (1, 32, 16, 16)
+    with pytest.raises(ValueError, match='patch_size'):
+        m.set_input_size(patch_size=8)

@@ -163,6 +163,15 @@ class Spikformer(LinearHeadMixin, nn.Module):
     def _prune_levels(self, last: int) -> None:
         self.block = self.block[:last]
 
+    def set_input_size(self, img_size: Optional[Union[int, tuple]] = None, patch_size: Optional[int] = None) -> None:
+        """timm's resize (as its ViTs): the stem is convolutional and there is no position embedding, so a new
+        ``img_size`` only changes the input size that is checked; the stem's stride ``patch_size`` is fixed."""
+        if patch_size is not None and patch_size != self.patch_size:
+            raise ValueError(f"{type(self).__name__}: patch_size is the stem's pooling ({self.patch_size}) and cannot "
+                             f"change after construction; build the model with patch_size={patch_size}")
+        if img_size is not None:
+            self.img_size = to_2tuple(img_size)
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False, return_per_step: bool = False) -> torch.Tensor:
         """The stream ``[T, B, D, H', W']`` (or its mean over T ``[B, D, H', W']``) -> mean over tokens, then over time
         (unless ``return_per_step``), then the head; ``global_pool=''``: the unpooled features."""
