@@ -152,3 +152,30 @@ def test_snnzoo_eval_takes_a_published_weight_file(tmp_path):
                            f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-1500:]
     assert f"test accuracy {100 * entry['test_acc']:.2f}%" in proc.stdout + proc.stderr
+
+
+CONVERTED = [w for w in MANIFEST if w.get('conversion')]
+
+
+@pytest.mark.parametrize('entry', CONVERTED, ids=[w['model'] for w in CONVERTED])
+def test_converted_snn_matches_manifest(entry, tmp_path_factory):
+    """The published QCFS ANN converted to IF neurons (snnzoo.conversion, no calibration data needed): the 'qcfs' SNN
+    reproduces the manifest's accuracy on its re-check images, and the exact mode at T = L predicts what the ANN
+    predicts, image by image."""
+    from conftest import shared_path
+    from snnzoo.conversion import convert
+    conv = entry['conversion']
+    shared_root = shared_path() if (shared_path() / 'data').is_dir() else None
+    test_set = _test_set(entry, shared_root, tmp_path_factory)
+    n = conv['recheck_images']
+    x = torch.stack([test_set[i][0] for i in range(n)])
+    y = torch.tensor([test_set[i][1] for i in range(n)])
+    ann = snnzoo.create_model(entry['model'], pretrained=True).eval()
+    with torch.no_grad():
+        ann_pred = torch.cat([ann(b).argmax(-1) for b in x.split(250)])
+        snn = convert(ann, None, T=conv['T'], method=conv['method'])
+        snn_pred = torch.cat([snn(b).argmax(-1) for b in x.split(250)])
+        exact = convert(ann, None, T=conv['exact_T'], method='exact')
+        exact_pred = torch.cat([exact(b).argmax(-1) for b in x.split(250)])
+    assert f"{(snn_pred == y).double().mean().item():.4f}" == f"{conv['recheck_acc']:.4f}"
+    assert torch.equal(exact_pred, ann_pred)
