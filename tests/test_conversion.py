@@ -11,7 +11,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 import snnzoo
-from snnzoo.conversion import BurstIF, ThresholdIF, convert
+from snnzoo.conversion import BurstIF, SpikeScale, ThresholdIF, convert
 from snnzoo.conversion.convert import _Tracer, _fold_batchnorm
 from snnzoo.layers import QCFS
 
@@ -311,3 +311,17 @@ def test_ann2snn_cli_on_a_trained_run(tmp_path):
     assert set(result['methods']['qcfs']['acc']) == set(result['methods']['max']['acc']) == {'1', '4', '16'}
     with pytest.raises(SystemExit, match='does not exist'):
         main([str(tmp_path / 'missing')])
+
+
+def test_channelwise_thresholds_fold_through_flatten_into_linear():
+    """conv -> ReLU -> flatten -> linear with one threshold per channel: the linear layer's weights carry each input
+    feature's channel threshold, so out = W (theta * rate) + b, and |out - ann| <= sum_j |W_ij| theta_j / (2T)."""
+    torch.manual_seed(0)
+    ann = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 5)).to(D).eval()
+    x, T = torch.randn(4, 2, 6, 6, dtype=D), 8
+    snn = convert(ann, x, T=T, method='max', channelwise=True)
+    theta = ann[1](ann[0](x)).amax((0, 2, 3))  # per channel, by hand
+    assert torch.equal(snn.neurons()[0].theta, theta)
+    bound = (ann[3].weight.abs() * theta.repeat_interleave(16)).sum(1) / (2 * T)
+    assert ((snn(x) - ann(x)).abs() <= bound + 1e-12).all()
+    assert not any(isinstance(m, SpikeScale) for m in snn.modules())  # folded, spikes reach the linear layer
