@@ -325,3 +325,24 @@ def test_channelwise_thresholds_fold_through_flatten_into_linear():
     bound = (ann[3].weight.abs() * theta.repeat_interleave(16)).sum(1) / (2 * T)
     assert ((snn(x) - ann(x)).abs() <= bound + 1e-12).all()
     assert not any(isinstance(m, SpikeScale) for m in snn.modules())  # folded, spikes reach the linear layer
+
+
+def test_layer_called_twice_keeps_an_explicit_scale():
+    """One Linear applied at two places (after two neurons of different thresholds): folding a threshold into its
+    shared weights would be wrong for the other call, so both keep an explicit scale and the result stays right."""
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.fc = nn.Linear(4, 6), nn.Linear(4, 6), nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.a(x))) + self.fc(torch.relu(self.b(x)))
+
+    torch.manual_seed(0)
+    ann = Shared().to(D).eval()
+    x, T = torch.randn(16, 4, dtype=D), 64
+    snn = convert(ann, x, T=T, method='max')
+    thetas = [n.theta for n in snn.neurons()]
+    bound = sum(ann.fc.weight.abs().sum(1) * t / (2 * T) for t in thetas)
+    assert ((snn(x) - ann(x)).abs() <= bound + 1e-12).all()
+    assert sum(isinstance(m, SpikeScale) for m in snn.modules()) == 2

@@ -173,8 +173,10 @@ def _fold_batchnorm(gm: fx.GraphModule) -> None:
 
 def _fold_scale(gm: fx.GraphModule, scale_node: fx.Node, neuron: fx.Node, theta: torch.Tensor) -> None:
     """Move the spike amplitude ``theta`` of ``scale_node`` into the weights of every conv / linear layer its spikes
-    reach through pooling, dropout, identity or flatten alone; other users keep the explicit scale."""
+    reach through pooling, dropout, identity or flatten alone; other users (and layers called at several places)
+    keep the explicit scale."""
     mods = _modules(gm)
+    calls = [n.target for n in gm.graph.nodes if n.op == 'call_module']
     for user in list(scale_node.users):
         if user.op == 'call_method' and user.target == 'size':
             user.replace_input_with(scale_node, neuron)
@@ -193,7 +195,8 @@ def _fold_scale(gm: fx.GraphModule, scale_node: fx.Node, neuron: fx.Node, theta:
             node = next(iter(node.users))
         layer = mods.get(node.target) if node.op == 'call_module' else None
         prev = chain[-1] if chain else scale_node
-        if not isinstance(layer, _WEIGHTED) or node.args[0] is not prev or getattr(layer, 'groups', 1) != 1:
+        if (not isinstance(layer, _WEIGHTED) or node.args[0] is not prev or getattr(layer, 'groups', 1) != 1
+                or calls.count(node.target) != 1):
             continue
         w = layer.weight
         if theta.dim() == 0:
