@@ -6,5 +6,5 @@ from .calibration import activation_scales, calibration_batches
 from .convert import METHODS, ConvertedSNN, convert
 from .neurons import BurstIF, RepeatSteps, SpikeScale, ThresholdIF
 
-__all__ = ['convert', 'ConvertedSNN', 'METHODS', 'ThresholdIF', 'BurstIF', 'SpikeScale', 'RepeatSteps', 'activation_scales',
-           'calibration_batches']
+__all__ = ['convert', 'ConvertedSNN', 'METHODS', 'ThresholdIF', 'BurstIF', 'SpikeScale', 'RepeatSteps',
+           'activation_scales', 'calibration_batches']

@@ -1,5 +1,5 @@
 """Threshold balancing: the activation scale of every ReLU / QCFS site of an ANN, measured on calibration data."""
-from typing import Dict, Iterable, List, Optional, Union
+from typing import Dict, Iterable, List, Union
 
 import torch
 import torch.fx as fx

@@ -37,9 +37,10 @@ class ConvertedSNN(nn.Module):
     """A converted ANN run as a spiking network of IF neurons for ``T`` steps; stateless like every snnzoo model.
 
     ``forward(x)``: the ANN's input ``[B, ...]`` (a static image: the layers before the first neurons run once on it,
-    their output is repeated for the T steps) -> the output averaged over the T steps ``[B, ...]``; ``return_per_step=True`` gives each step's output ``[T, B, ...]``. ``forward_running(x)``
-    gives the running mean ``[T, B, ...]``: entry t is what the network outputs when run for t + 1 steps (the IF
-    network is causal), so one pass gives accuracy versus T. ``body`` is the ANN's traced graph over ``[T*B, ...]``,
+    their output is repeated for the T steps) -> the output averaged over the T steps ``[B, ...]``;
+    ``return_per_step=True`` gives each step's output ``[T, B, ...]``. ``forward_running(x)`` gives the running mean
+    ``[T, B, ...]``: entry t is what the network outputs when run for t + 1 steps (the IF network is causal), so one
+    pass gives accuracy versus T. ``body`` is the ANN's traced graph over ``[T*B, ...]``,
     its activations replaced by neurons (:class:`~snnzoo.conversion.neurons.ThresholdIF` or, exact mode,
     :class:`~snnzoo.conversion.neurons.BurstIF`).
     """
