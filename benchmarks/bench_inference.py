@@ -22,7 +22,7 @@ import torch
 from _results import DEFAULT_OUT, machine, write_result
 from bench_models import CASES, build
 
-DEFAULT_CASES = ['spikformer_4_384_cifar', 'sdt_8_384@64', 'qkformer_10_384@64', 'sew_resnet18@64', 'ms_resnet18@64']
+DEFAULT_CASES = ['sew_resnet18@64', 'ms_resnet18@64', 'spikformer_4_384_cifar', 'sdt_8_384@64', 'qkformer_10_384@64']
 
 
 def snnzoo_paths(case: str, x: torch.Tensor, tmp: Path, compile_: bool) -> dict:
@@ -129,8 +129,8 @@ def main():
         print(f"{case}: {cells} ms/image; best {row['best_snnzoo_path']} {row['best_ratio']:.2f}x SpikingJelly; "
               f"ONNX {row['onnx_bytes'] / 1e6:.1f} MB = {row['onnx_size_ratio']:.2f}x params; "
               f"SJ {row['spikingjelly_fusion']}", flush=True)
-    write_result(args.out, 'bench_inference_cpu.json', 'bench_inference', machine(),
-                 rounds=args.rounds, rows=rows)
+        write_result(args.out, 'bench_inference_cpu.json', 'bench_inference', machine(),   # after every case
+                     rounds=args.rounds, batch=args.batch, compiled=not args.no_compile, rows=rows)
 
 
 if __name__ == '__main__':
