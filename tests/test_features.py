@@ -18,7 +18,9 @@ FAMILIES = [
     ('sdt_2_512_cifar', dict(embed_dim=32, depth=2, num_heads=2), (3, 32, 32)),
     ('meta_spikeformer_8_384', dict(embed_dim=(16, 32, 64, 64), depth=(1, 1, 1, 1), num_heads=2), (3, 32, 32)),
     ('qkformer_4_384_cifar', dict(embed_dim=64, depth=3, num_heads=2), (3, 32, 32)),
-    ('qkformer_2_256_dvs', dict(embed_dim=32, depth=2, num_heads=2, img_size=32), (2, 32, 32)),
+    # embed_dim >= 64: with a shortcut conv of <= 4 input channels torch 2.14.1's channels-last strided 1x1 conv
+    # backward corrupts the CPU heap (a torch bug; the published widths are far above it)
+    ('qkformer_2_256_dvs', dict(embed_dim=64, depth=2, num_heads=2, img_size=32), (2, 32, 32)),
     ('sew_resnet18', dict(layers=(1, 1, 1, 1)), (3, 64, 64)),
     ('ms_resnet18', dict(layers=(1, 1, 1, 1)), (3, 64, 64)),
     ('sew_resnet_nmnist', dict(), (2, 34, 34)),
