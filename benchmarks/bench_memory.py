@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from _results import DEFAULT_OUT, machine, write_result
 from bench_models import CASES, build
 
+VARIANTS = ('bptt', 'exact', 'sltt', 'ottt', 'sj', 'sj_memopt')
 DEFAULT_CASES = ('spikformer_4_384_cifar', 'sdt_8_384@64', 'qkformer_10_384@64', 'sew_resnet18@64')
 PROJECTED = {'sdt_8_384': 'sdt_8_384@64', 'meta_spikeformer_8_384': 'meta_spikeformer_8_384@64'}
 CASES.setdefault('meta_spikeformer_8_384@64',   # SpikingJelly has no Meta-SpikeFormer
@@ -102,17 +103,21 @@ def _block_types(model: torch.nn.Module) -> tuple:
     return tuple(kinds)
 
 
-def measure(case: str, T: int, batch: int, steps: int, warmup: bool = True) -> dict:
+def measure(case: str, T: int, batch: int, steps: int, warmup: bool = True, kept_only: bool = False) -> dict:
     torch.manual_seed(0)
     x, y = torch.randn(batch, *CASES[case][2]), torch.randint(0, 10, (batch,))
     runs = variants(case, T)
     row = {}
     for name, (step, forward) in runs.items():
-        if warmup:                                                     # else the peak includes allocating .grad
-            step(x, y)
-        row[name] = dict(peak_mb=peak_allocated(lambda: step(x, y)) / 2 ** 20)
+        row[name] = {}
+        if not kept_only:
+            if warmup:                                                 # else the peak includes allocating .grad
+                step(x, y)
+            row[name]['peak_mb'] = peak_allocated(lambda: step(x, y)) / 2 ** 20
         if forward is not None:
             row[name]['kept_mb'] = kept_after_forward(lambda: forward(x)) / 2 ** 20
+    if kept_only:
+        return {name: v for name, v in row.items() if v}
     times = {name: [] for name in runs}
     for _ in range(steps):
         for name, (step, _) in runs.items():
@@ -146,7 +151,8 @@ def project(rows: list, batch: int) -> dict:
 
 
 def plot(rows: list, path) -> None:
-    """Peak memory of a training step versus T, one panel per case, one line per variant."""
+    """Peak memory of a training step (else the bytes kept after forward) versus T, a panel per case, a line per
+    variant."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -154,12 +160,15 @@ def plot(rows: list, path) -> None:
     fig, axes = plt.subplots(1, len(cases), figsize=(4.2 * len(cases), 3.4), squeeze=False)
     for ax, case in zip(axes[0], cases):
         mine = sorted((r for r in rows if r['case'] == case), key=lambda r: r['T'])
-        for name in mine[0]:
-            if isinstance(mine[0][name], dict):
-                ax.plot([r['T'] for r in mine], [r[name]['peak_mb'] for r in mine], marker='o', label=name)
-        ax.set(title=f"{case} (batch {mine[0]['batch']})", xlabel='T', ylabel='peak MB of a training step')
+        metric = 'peak_mb' if all('peak_mb' in v for r in mine for v in r.values() if isinstance(v, dict)) \
+            else 'kept_mb'
+        for i, name in enumerate(VARIANTS):
+            if isinstance(mine[0].get(name), dict) and metric in mine[0][name]:
+                ax.plot([r['T'] for r in mine], [r[name][metric] for r in mine], marker='o', label=name, color=f'C{i}')
+        ax.legend(fontsize=8)
+        ax.set(title=f"{case} (batch {mine[0]['batch']})", xlabel='T',
+               ylabel='peak MB of a training step' if metric == 'peak_mb' else 'MB kept after a training forward')
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")
@@ -173,6 +182,8 @@ def main():
     parser.add_argument('--steps', type=int, default=3, help='timed steps per variant (after one warm-up)')
     parser.add_argument('--no-warmup', action='store_true', help='measure the first step (cheaper; the peak then '
                         'includes allocating the gradients, the same bytes for every variant)')
+    parser.add_argument('--kept-only', action='store_true', help='only the bytes kept after a training forward '
+                        '(no step, no timing: the cheap way to see memory versus T)')
     parser.add_argument('--merge', nargs='+', metavar='JSON', help='combine the rows of earlier runs (e.g. one '
                         'process per case run side by side) instead of measuring; the batch must match')
     parser.add_argument('--out', default=DEFAULT_OUT)
@@ -184,19 +195,22 @@ def main():
         args.steps, args.no_warmup = merged['steps'], not merged.get('warmup', True)
     for case in [] if args.merge else args.cases:
         for T in args.T:
-            row = dict(case=case, T=T, batch=args.batch, **measure(case, T, args.batch, args.steps, not args.no_warmup))
+            row = dict(case=case, T=T, batch=args.batch, **measure(case, T, args.batch, args.steps, not args.no_warmup,
+                                                                 args.kept_only))
             rows.append(row)
             print(f"{case:24} T={T:2} " + ' | '.join(
-                f"{k} {v['peak_mb']:7.1f} MB {v['step_ms']:7.0f} ms" for k, v in row.items() if isinstance(v, dict)),
-                flush=True)
+                f"{k} " + ' '.join(f"{m} {v[m]:.1f}" for m in ('peak_mb', 'kept_mb', 'step_ms') if m in v)
+                for k, v in row.items() if isinstance(v, dict)), flush=True)
     for row in rows:
         if row['batch'] != rows[0]['batch']:
             raise ValueError(f"rows of batch {row['batch']} and {rows[0]['batch']}: merge runs of one batch size")
     projection = project(rows, rows[0]['batch'])
     for name, p in projection.items():
         print(name, {mode: {k: round(v, 1) for k, v in g.items()} for mode, g in p['gib'].items()}, 'GiB')
-    plot(rows, Path(args.out) / 'bench_memory_cpu.png')
-    write_result(args.out, 'bench_memory_cpu.json', 'bench_memory', machine(), versions=dict(torch=torch.__version__),
+    stem = 'bench_memory_cpu' if any('peak_mb' in v for r in rows for v in r.values() if isinstance(v, dict)) \
+        else 'bench_memory_kept_cpu'
+    plot(rows, Path(args.out) / f'{stem}.png')
+    write_result(args.out, f'{stem}.json', 'bench_memory', machine(), versions=dict(torch=torch.__version__),
                  step='forward + CE + backward (no optimizer step), CPU float32', steps=args.steps,
                  warmup=not args.no_warmup, rows=rows,
                  projection_224_batch64=projection)
