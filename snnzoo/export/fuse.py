@@ -119,7 +119,7 @@ def fuse(model: nn.Module, *sample, inplace: bool = False, **kwargs) -> nn.Modul
     for layer_name, bn_name in find_conv_bn_pairs(model, *sample, **kwargs):
         layer, bn = modules[layer_name], modules[bn_name]
         w, b = fold_bn(layer.weight, layer.bias, bn)
-        layer.weight = nn.Parameter(w, requires_grad=False)
+        layer.weight = nn.Parameter(torch.empty_like(layer.weight).copy_(w), requires_grad=False)   # same layout
         layer.bias = nn.Parameter(b, requires_grad=False)
         parent, _, child = bn_name.rpartition('.')
         setattr(modules[parent] if parent else model, child, nn.Identity())
