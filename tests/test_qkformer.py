@@ -213,3 +213,20 @@ def test_grad_checkpointing_and_drop_path():
     out = m(x)
     (g,) = torch.autograd.grad(out.sum(), x)
     assert torch.equal(out, ref) and torch.allclose(g, g_ref, rtol=0, atol=1e-12)
+
+
+def test_dvs_training_step_survives_cpu_conv_bug():
+    """torch 2.14's CPU weight gradient of a strided 1x1 conv on channels-last input with 2-7 channels corrupts the
+    heap; QKFormer's stem shortcut at embed_dim=32 (4 channels in) is such a conv. Ten training steps run in a subprocess
+    (the crash would kill the test process)."""
+    import subprocess
+    import sys
+    code = (
+        "import torch, snnzoo\n"
+        "torch.manual_seed(0)\n"
+        "m = snnzoo.create_model('qkformer_2_256_dvs', embed_dim=32, num_heads=2, T=2, img_size=32, num_classes=4)\n"
+        "for _ in range(10):\n"
+        "    m.zero_grad(); m(torch.rand(3, 2, 2, 32, 32)).sum().backward()\n"
+        "print('ok')\n")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith('ok'), r.stderr[-2000:]

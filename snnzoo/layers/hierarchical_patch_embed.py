@@ -38,7 +38,12 @@ class SpikingShortcut(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T, B = x.shape[:2]
-        return self.lif(self.bn(self.conv(x.flatten(0, 1))).unflatten(0, (T, B)))
+        x = x.flatten(0, 1)
+        if x.device.type == 'cpu' and self.conv.stride != (1, 1) and self.conv.in_channels < 8:
+            # torch 2.14's CPU weight gradient of a strided 1x1 conv on channels-last input with 2-7 channels corrupts
+            # the heap (e.g. QKFormer's stem shortcut at embed_dim=32): NCHW there
+            x = x.contiguous()
+        return self.lif(self.bn(self.conv(x)).unflatten(0, (T, B)))
 
 
 class _ChainWithShortcut(nn.Module):
