@@ -83,11 +83,13 @@ class Emulator:
 
 
 @pytest.fixture(scope='session')
-def emulator_lib(request):
-    """The kernels built for the host, once per source hash (kept in pytest's cache directory)."""
+def emulator_lib(request, tmp_path_factory):
+    """The kernels built for the host, once per source hash (kept in pytest's cache directory, or in a temporary one
+    when the cache plugin is off)."""
     if not compiler():
         pytest.skip('no C++ compiler (g++) to build the CUDA kernels for the host')
-    return build(request.config.cache.mkdir('snnzoo_cuda_emulator'))
+    cache = getattr(request.config, 'cache', None)
+    return build(cache.mkdir('snnzoo_cuda_emulator') if cache else tmp_path_factory.mktemp('snnzoo_cuda_emulator'))
 
 
 @pytest.fixture

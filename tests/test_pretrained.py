@@ -10,13 +10,13 @@ import tarfile
 import pytest
 import timm
 import torch
-from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 import snnzoo
+from snnzoo.data import build_dataset
 from snnzoo.models import _builder
 from snnzoo.models._builder import sha256_of
-from snnzoo.train.loop import build_dataset, evaluate
+from snnzoo.train.loop import evaluate
 
 CHECKPOINTS = _builder.REPO_CHECKPOINTS
 MANIFEST = json.loads((CHECKPOINTS / 'manifest.json').read_text())['weights']
@@ -97,8 +97,9 @@ def _test_set(entry, shared_root, tmp_path_factory):
         if not root.exists():
             pytest.skip(f'{root} is absent')
         data_cfg['root'] = str(root)
-    data_cfg.pop('archive', None)
-    return build_dataset(OmegaConf.create(data_cfg), 'test')
+    # the manifest is data: the test set comes from its registered name and plain options, never its _target_
+    opts = {k: data_cfg[k] for k in ('T', 'split_by') if k in data_cfg}
+    return build_dataset(data_cfg['name'], data_cfg.get('root'), 'test', **opts)
 
 
 @pytest.mark.parametrize('entry', MANIFEST, ids=IDS)

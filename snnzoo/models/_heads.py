@@ -18,7 +18,7 @@ from ..layers.saved_spikes import RecomputeSpikesMixin
 from ..layers.temporal import check_input_dtype, empty_batch_output
 
 __all__ = ['LinearHeadMixin', 'create_classifier', 'check_global_pool', 'init_trunc_normal_', 'is_per_step',
-           'pooled_head', 'unpooled']
+           'pooled_head', 'unpooled', 'spiking_head_input']
 
 
 def init_trunc_normal_(m: nn.Module, types: Union[Type[nn.Module], Tuple[Type[nn.Module], ...]] = nn.Linear) -> None:
@@ -48,6 +48,13 @@ def pooled_head(x: torch.Tensor, head_drop: nn.Module, head: nn.Module, pre_logi
         raise ValueError("per-step logits need the per-step features: pass forward_features(x, return_per_step=True)")
     x = head_drop(x)
     return x if pre_logits else head(x)
+
+
+def spiking_head_input(x: torch.Tensor, T: int) -> torch.Tensor:
+    """The input of a head that fires a neuron per step (SDT, Meta-SpikeFormer): the stream ``[T, B, C, H, W]`` pooled
+    over space to ``[T, B, C]``; time-averaged features ``[B, C, H, W]`` are pooled and held constant for ``T`` steps."""
+    x = x.flatten(-2).mean(-1)
+    return x if is_per_step(x, 3) else x.expand(T, -1, -1)
 
 
 def check_global_pool(global_pool: str, num_classes: int, name: str) -> str:

@@ -31,8 +31,8 @@ from ..layers.metaformer_blocks import ConvBNDownsample, MetaFormerBlock, Spikin
 from ..layers.neuron import LIFNode
 from ..layers.temporal import channels_last_frames, to_time_major
 from ._builder import build_snn_model
-from ._heads import (LinearHeadMixin, check_global_pool, create_classifier, init_trunc_normal_, is_per_step,
-                     unpooled)
+from ._heads import (LinearHeadMixin, check_global_pool, create_classifier, init_trunc_normal_,
+                     spiking_head_input, unpooled)
 from ._registry import register_model
 
 torch.fx.wrap('channels_last_frames')  # a leaf of FX graphs: input checks and layout choices are not traced
@@ -166,10 +166,7 @@ class MetaSpikeFormer(LinearHeadMixin, nn.Module):
         """
         if not self.global_pool:
             return unpooled(x, return_per_step)
-        x = x.flatten(-2).mean(-1)
-        if not is_per_step(x, 3):
-            x = x.expand(self.T, -1, -1)
-        x = self.head_drop(self.head_lif(x))
+        x = self.head_drop(self.head_lif(spiking_head_input(x, self.T)))
         reduce = (lambda y: y) if return_per_step else (lambda y: y.mean(0))
         if pre_logits:
             return reduce(x)

@@ -25,7 +25,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import checkpoint_seq, generate_default_cfgs
+from timm.models import generate_default_cfgs
 
 from ..layers.attention import SpikingSelfAttention
 from ..layers.drop import DropPath
@@ -165,7 +165,6 @@ class QKFormer(LinearHeadMixin, nn.Module):
         self.num_features = self.head_hidden_size = dims[-1]
         self.global_pool = check_global_pool(global_pool, num_classes, type(self).__name__)
         self.num_stages = n
-        self.grad_checkpointing = False
 
         neuron = partial(LIFNode, tau=2.0, detach_reset=True, backend=backend)
         rates = [drop_path_rate * j / max(sum(depths) - 1, 1) for j in range(sum(depths))]  # linear, 0 to the rate
@@ -198,10 +197,6 @@ class QKFormer(LinearHeadMixin, nn.Module):
             attn.out_lif = BatchAsTimeLIF(**neuron_layer.keywords)
         return attn
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         super().reset_classifier(num_classes, global_pool)
         init_trunc_normal_(self.head)
@@ -216,11 +211,8 @@ class QKFormer(LinearHeadMixin, nn.Module):
             if i > 1:
                 x = getattr(self, f'patch_embed{i}')(x)
             blocks = getattr(self, f'stage{i}')
-            if self.grad_checkpointing and len(blocks) and not torch.jit.is_scripting():
-                x = checkpoint_seq(blocks, x)
-            else:
-                for block in blocks:
-                    x = block(x)
+            for block in blocks:
+                x = block(x)
             yield x
 
     def _prune_levels(self, last: int) -> None:

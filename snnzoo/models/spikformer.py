@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import to_2tuple
-from timm.models import checkpoint, generate_default_cfgs
+from timm.models import generate_default_cfgs
 
 from ..layers.attention import SpikingSelfAttention
 from ..layers.drop import DropPath
@@ -130,7 +130,6 @@ class Spikformer(LinearHeadMixin, nn.Module):
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.global_pool = check_global_pool(global_pool, num_classes, type(self).__name__)
         self.T = T
-        self.grad_checkpointing = False
         neuron_layer = partial(LIFNode, tau=tau, detach_reset=True, backend=backend)
         stem = SpikingTokenizer if self.preact else SpikingPatchSplitting
         self.patch_embed = stem(in_chans, embed_dim, patch_size, cml=cml, neuron_layer=neuron_layer)
@@ -146,10 +145,6 @@ class Spikformer(LinearHeadMixin, nn.Module):
                              for m in ['patch_embed'] + [f'block.{i}' for i in range(depth)]]
         self.apply(init_trunc_normal_)
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
     def forward_levels(self, x: torch.Tensor):
         """``[B, C, H, W]`` or ``[B, T', C, H, W]`` -> yields the per-step output of the patch embedding, then of every
         block, each ``[T, B, D, H/P, W/P]``."""
@@ -157,7 +152,7 @@ class Spikformer(LinearHeadMixin, nn.Module):
         x = self.patch_embed(x)
         yield x
         for blk in self.block:
-            x = checkpoint(blk, x) if self.grad_checkpointing and not torch.jit.is_scripting() else blk(x)
+            x = blk(x)
             yield x
 
     def _prune_levels(self, last: int) -> None:
