@@ -120,7 +120,7 @@ def test_convert_original_checkpoint_reproduces_fixture(reference_dir, tmp_path)
     original = tmp_path / 'checkpoint.pth.tar'
     torch.save({'model': {'module.' + k: v for k, v in fx['state_dict'].items()}, 'epoch': 3}, original)
     meta = fx['meta']['snnzoo']
-    from snnzoo.models.convert import main
+    from snnzoo.train.convert_cli import main
     assert main([meta['name'], str(original), '--tag', 'fixture', '--out', str(tmp_path),
                  '--model-args', json.dumps(meta['kwargs'])]) == 0
     (path,) = tmp_path.glob(f"{meta['name']}.fixture-*.safetensors")

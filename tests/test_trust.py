@@ -176,7 +176,7 @@ def test_other_entry_points_never_read_the_stored_config(run_dir, tmp_path, monk
     """snnzoo-energy, snnzoo-convert, load_checkpoint, snnzoo-train ckpt_path= and pretrained=True with a planted
     config.json: the weights are used, the config's chains never run."""
     from snnzoo.energy.cli import main as energy_main
-    from snnzoo.models.convert import main as convert_main
+    from snnzoo.train.convert_cli import main as convert_main
     marker = tmp_path / 'marker'
     chains = _chains(tmp_path, marker)
     last = _plant(run_dir, tmp_path / 'pt', 'pt_model', chains['numpy_unpickle'])

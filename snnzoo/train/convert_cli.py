@@ -10,8 +10,8 @@ import argparse
 import json
 import sys
 
-from . import create_model, load_checkpoint
-from ._builder import save_pretrained
+from ..models import create_model, load_checkpoint
+from ..models._builder import save_pretrained
 
 
 def main(argv=None) -> int:
