@@ -24,7 +24,7 @@ import torch.nn as nn
 from snnzoo.conversion import convert
 from snnzoo.energy import profile
 from snnzoo.layers import QCFS
-from snnzoo.train.ann2snn import calibration_images
+from snnzoo.train.ann2snn import calibration_images, evenly_spaced
 from snnzoo.train.checkpoint import load_trained_model
 
 from _results import DEFAULT_OUT, machine, write_result
@@ -110,7 +110,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--run', required=True, help='the trained QCFS ANN (run folder or exported model)')
     p.add_argument('--T', nargs='+', type=int, default=[1, 2, 4, 8, 16, 32, 64])
-    p.add_argument('--limit', type=int, default=0, help='first N test images (0: all 10,000)')
+    p.add_argument('--limit', type=int, default=0, help='N test images spread evenly over the test set (0: all 10,000)')
     p.add_argument('--calib-images', type=int, default=512)
     p.add_argument('--batch-size', type=int, default=250)
     p.add_argument('--energy-images', type=int, default=256)
@@ -127,9 +127,10 @@ def main():
     ann = trained.model.eval()
     L = next(m.L for m in ann.modules() if isinstance(m, QCFS))
     test = trained.build_test_set()
-    n = args.limit or len(test)
-    X = torch.stack([test[i][0] for i in range(n)])
-    Y = torch.tensor([test[i][1] for i in range(n)])
+    index = evenly_spaced(len(test), args.limit)
+    n = len(index)
+    X = torch.stack([test[i][0] for i in index])
+    Y = torch.tensor([test[i][1] for i in index])
     calib = list(calibration_images(data, args.calib_images).split(128))  # the same batches for both libraries
     relu = relu_copy(ann).eval()
     Ts, bs = sorted(args.T), args.batch_size

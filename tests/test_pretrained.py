@@ -165,12 +165,13 @@ def test_converted_snn_matches_manifest(entry, tmp_path_factory):
     predicts, image by image."""
     from conftest import shared_path
     from snnzoo.conversion import convert
+    from snnzoo.train.ann2snn import evenly_spaced
     conv = entry['conversion']
     shared_root = shared_path() if (shared_path() / 'data').is_dir() else None
     test_set = _test_set(entry, shared_root, tmp_path_factory)
-    n = conv['recheck_images']
-    x = torch.stack([test_set[i][0] for i in range(n)])
-    y = torch.tensor([test_set[i][1] for i in range(n)])
+    index = evenly_spaced(len(test_set), conv['recheck_images'])  # the test folder is stored class by class
+    x = torch.stack([test_set[i][0] for i in index])
+    y = torch.tensor([test_set[i][1] for i in index])
     ann = snnzoo.create_model(entry['model'], pretrained=True).eval()
     with torch.no_grad():
         ann_pred = torch.cat([ann(b).argmax(-1) for b in x.split(250)])

@@ -144,7 +144,7 @@ def _cfg(**kwargs) -> dict:
 
 
 default_cfgs = generate_default_cfgs({
-    'qcfs_resnet_cifar': _cfg(file='qcfs_resnet_cifar.cifar10-129718907b838eb1.safetensors'),
+    'qcfs_resnet_cifar': _cfg(file='qcfs_resnet_cifar.cifar10-b549e8bed8742999.safetensors'),
     'qcfs_resnet_fmnist': _cfg(input_size=(1, 28, 28), mean=(0.286,), std=(0.353,)),
 })
 

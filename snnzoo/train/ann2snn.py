@@ -17,40 +17,40 @@ from typing import Dict, List, Sequence
 
 import torch
 
-__all__ = ['main', 'accuracy_vs_T', 'calibration_images']
+__all__ = ['main', 'accuracy_vs_T', 'calibration_images', 'evenly_spaced']
 
 DEFAULT_T = (1, 2, 4, 8, 16, 32, 64)
 
 
 @torch.no_grad()
-def accuracy_vs_T(snn, loader, Ts: Sequence[int], limit: int = 0) -> Dict[int, float]:
+def accuracy_vs_T(snn, loader, Ts: Sequence[int]) -> Dict[int, float]:
     """Top-1 accuracy (%) of ``snn`` (a :class:`snnzoo.conversion.ConvertedSNN`) after each T in ``Ts``, from one
-    pass at ``max(Ts)`` steps over ``loader`` (at most ``limit`` images when > 0)."""
+    pass at ``max(Ts)`` steps over ``loader``."""
     snn.set_T(max(Ts))
     correct, n = torch.zeros(len(Ts), dtype=torch.long), 0
     index = torch.tensor([t - 1 for t in Ts])
     for x, y in loader:
-        if limit:
-            x, y = x[:limit - n], y[:limit - n]
         pred = snn.forward_running(x)[index].argmax(-1)  # [len(Ts), B]
         correct += (pred == y).sum(1)
         n += len(y)
-        if limit and n >= limit:
-            break
     return {t: 100.0 * c / n for t, c in zip(Ts, correct.tolist())}
 
 
 @torch.no_grad()
-def ann_accuracy(ann, loader, limit: int = 0) -> float:
+def ann_accuracy(ann, loader) -> float:
     correct = n = 0
     for x, y in loader:
-        if limit:
-            x, y = x[:limit - n], y[:limit - n]
         correct += int((ann(x).argmax(-1) == y).sum())
         n += len(y)
-        if limit and n >= limit:
-            break
     return 100.0 * correct / n
+
+
+def evenly_spaced(total: int, n: int) -> list:
+    """``n`` indices spread evenly over ``range(total)`` (all of them when ``n`` is 0 or at least ``total``): a subset
+    of a test set stored class by class (an image folder) keeps every class in proportion, unlike its first ``n``."""
+    if not n or n >= total:
+        return list(range(total))
+    return [i * total // n for i in range(n)]
 
 
 def calibration_images(data: dict, n: int, seed: int = 0) -> torch.Tensor:
@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--calib-images', type=int, default=512, help='training images for threshold balancing')
     p.add_argument('--data-root', help="override the run's recorded data root")
     p.add_argument('--batch-size', type=int, default=500)
-    p.add_argument('--limit', type=int, default=0, help='evaluate on the first N test images only')
+    p.add_argument('--limit', type=int, default=0, help='evaluate on N test images spread evenly over the test set')
     p.add_argument('--threads', type=int, default=0, help='torch.set_num_threads (0: leave as is)')
     p.add_argument('--json', help='write the results to this JSON file')
     p.add_argument('--trust-config', action='store_true',
@@ -102,12 +102,14 @@ def main(argv: List[str] = None) -> int:
     if args.data_root:
         trained = dataclasses.replace(trained, data=dict(trained.data, root=args.data_root))
     ann = trained.model.eval()
-    loader = torch.utils.data.DataLoader(trained.build_test_set(), batch_size=args.batch_size)
+    test = trained.build_test_set()
+    test = torch.utils.data.Subset(test, evenly_spaced(len(test), args.limit))
+    loader = torch.utils.data.DataLoader(test, batch_size=args.batch_size)
     levels = sorted({m.L for m in ann.modules() if isinstance(m, QCFS)})
     calib = None
     if {'max', 'percentile'} & set(args.methods):
         calib = calibration_images(trained.data, args.calib_images)
-    result = {'run': str(args.run), 'weights': str(trained.weights), 'ann_acc': ann_accuracy(ann, loader, args.limit),
+    result = {'run': str(args.run), 'weights': str(trained.weights), 'ann_acc': ann_accuracy(ann, loader),
               'T': sorted(args.T), 'methods': {}}
     print(f"ANN: {result['ann_acc']:.2f}%")
     for method in args.methods:
@@ -121,7 +123,7 @@ def main(argv: List[str] = None) -> int:
         start = time.perf_counter()
         snn = convert(ann, calib, T=max(Ts), method=method, percentile=args.percentile,
                       channelwise=args.channelwise)
-        acc = accuracy_vs_T(snn, loader, Ts, args.limit)
+        acc = accuracy_vs_T(snn, loader, Ts)
         result['methods'][method] = {'acc': acc, 'seconds': time.perf_counter() - start}
         print(f"{method}: " + ', '.join(f"T={t} {a:.2f}%" for t, a in acc.items()), flush=True)
     if args.json:
