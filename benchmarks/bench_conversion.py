@@ -2,13 +2,15 @@
 the same calibration batches: test accuracy versus T, conversion and inference time, energy per image.
 
 The ANN is a trained run of ``experiment=qcfs_cifar10`` (QCFS activations). snnzoo converts it with ``'qcfs'``
-(threshold lambda, membrane starting at half of it) and ``'exact'`` (accumulate-then-fire, at T = L). Threshold
-balancing needs ReLUs (SpikingJelly's converter replaces ``nn.ReLU`` only), so both libraries balance the same copy
-of the ANN whose QCFS activations are replaced by ReLU: snnzoo ``'max'`` / ``'percentile'`` (99.9, layer-wise;
-membrane starting at half the threshold) against SpikingJelly's ``RateCodingRecipe`` modes ``'max'`` / ``'99.9%'``
-(its defaults: momentum-averaged batch statistics, membrane starting at 0). One pass at the largest T gives every
-smaller T for both (their IF networks are causal). The CPU may be shared with other jobs: the methods of the two
-libraries alternate, so that their time ratios stay meaningful.
+(threshold lambda, membrane starting at half of it; plain and with signed neurons) and ``'exact'``
+(accumulate-then-fire, at T = L). Threshold balancing needs ReLUs (SpikingJelly's converter replaces ``nn.ReLU``
+only), so both libraries balance the same copy of the ANN whose QCFS activations are replaced by ReLU: snnzoo
+``'max'`` / ``'percentile'`` (99.9, layer-wise; membrane starting at half the threshold) against SpikingJelly's
+``RateCodingRecipe`` modes ``'max'`` / ``'99.9%'`` (its defaults: momentum-averaged batch statistics, membrane
+starting at 0), then snnzoo's with signed neurons. One pass at the largest T gives every smaller T for both (their IF
+networks are causal). The CPU may be shared with other jobs: the methods of the two libraries alternate, so that
+their time ratios stay meaningful. The JSON is rewritten after every row, so an interrupted run keeps the rows it
+finished.
 
     python benchmarks/bench_conversion.py --run outputs/qcfs_cifar10 [--T 1 2 4 8 16 32 64] [--limit N]
                                           [--calib-images 512] [--threads N]
@@ -112,7 +114,7 @@ def main():
     p.add_argument('--T', nargs='+', type=int, default=[1, 2, 4, 8, 16, 32, 64])
     p.add_argument('--limit', type=int, default=0, help='N test images spread evenly over the test set (0: all 10,000)')
     p.add_argument('--calib-images', type=int, default=512)
-    p.add_argument('--batch-size', type=int, default=250)
+    p.add_argument('--batch-size', type=int, default=16, help='small batches keep [T*B, ...] in the CPU cache')
     p.add_argument('--energy-images', type=int, default=256)
     p.add_argument('--data-root', help="override the run's recorded data root")
     p.add_argument('--threads', type=int, default=0)
@@ -148,24 +150,30 @@ def main():
                                     ms_per_image_step=1000 * (t2 - t1) / (n * max(Ts_)))
         print(f"{name:>24}: " + ' '.join(f"T={t}:{a:.2f}" for t, a in acc.items())
               + f" | convert {t1 - t0:.1f}s, eval {t2 - t1:.1f}s", flush=True)
+        write_result(args.out, 'bench_conversion_cpu.json', 'bench_conversion', machine(), **result)
         return snn
 
     ev_zoo = lambda snn, ts: snnzoo_accuracy(snn, X, Y, ts, bs)  # noqa: E731
     ev_sj = lambda snn, ts: spikingjelly_accuracy(snn, X, Y, ts, bs)  # noqa: E731
     qcfs_snn = run('snnzoo qcfs', lambda: convert(ann, None, T=max(Ts), method='qcfs'), ev_zoo, Ts)
+    signed_snn = run('snnzoo qcfs signed', lambda: convert(ann, None, T=max(Ts), method='qcfs', signed=True), ev_zoo,
+                     Ts)
     run('snnzoo exact', lambda: convert(ann, None, T=L, method='exact'), ev_zoo, [L])
     # threshold balancing of the ReLU copy, the two libraries alternating
-    run('snnzoo max', lambda: convert(relu, calib, T=max(Ts), method='max'), ev_zoo, Ts)
-    run('spikingjelly max', lambda: spikingjelly_convert(relu, calib, 'max'), ev_sj, Ts)
     run('snnzoo percentile 99.9', lambda: convert(relu, calib, T=max(Ts), method='percentile', percentile=99.9),
         ev_zoo, Ts)
     run('spikingjelly 99.9%', lambda: spikingjelly_convert(relu, calib, '99.9%'), ev_sj, Ts)
+    run('snnzoo max', lambda: convert(relu, calib, T=max(Ts), method='max'), ev_zoo, Ts)
+    run('spikingjelly max', lambda: spikingjelly_convert(relu, calib, 'max'), ev_sj, Ts)
+    for m in ('max', 'percentile'):
+        run(f'snnzoo {m} signed', lambda: convert(relu, calib, T=max(Ts), method=m, signed=True), ev_zoo, Ts)
 
     xe = X[:args.energy_images]
     result['energy_per_image'] = {'ann': energy(ann, xe)}
     for t in sorted({L, 2 * L}):
-        qcfs_snn.set_T(t)
-        result['energy_per_image'][f'snnzoo qcfs T={t}'] = energy(qcfs_snn, xe)
+        for name, snn in (('snnzoo qcfs', qcfs_snn), ('snnzoo qcfs signed', signed_snn)):
+            snn.set_T(t)
+            result['energy_per_image'][f'{name} T={t}'] = energy(snn, xe)
     result['energy_images'] = len(xe)
     for k, e in result['energy_per_image'].items():
         print(f"energy {k}: paper {e['paper_mj']:.5f} mJ, strict {e['strict_mj']:.5f} mJ per image")

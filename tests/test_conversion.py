@@ -11,7 +11,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 import snnzoo
-from snnzoo.conversion import BurstIF, SpikeScale, ThresholdIF, convert
+from snnzoo.conversion import BurstIF, SignedIF, SpikeScale, ThresholdIF, convert
 from snnzoo.conversion.convert import _Tracer, _fold_batchnorm
 from snnzoo.layers import QCFS
 
@@ -103,6 +103,36 @@ def test_burst_if_fires_its_rounded_count_first():
     assert s.sum(0).tolist() == counts
     for j, n in enumerate(counts):
         assert s[:, j].tolist() == [1.0] * n + [0.0] * (T - n)
+
+
+def test_signed_if_count_follows_the_rounded_integral_of_its_input():
+    """Hand count: with |X[t]| <= theta and v_init = 1/2, N[t] = max(0, floor(sum_{u<=t} X[u] / theta + 1/2)) at
+    every step t; spikes are in {-1, 0, 1}, and a count never goes negative."""
+    T, g = 24, torch.Generator().manual_seed(3)
+    theta = torch.tensor([0.25, 0.5, 1.0, 2.0, 4.0], dtype=D)  # powers of 2 and inputs on a 1/32 grid: exact sums
+    x = torch.randint(-26, 33, (T, 7, 5), generator=g).to(D) / 32 * theta  # |x| <= theta
+    x[:4] = theta  # fire early, then the input turns negative: a ThresholdIF keeps the early spikes
+    x[4:12] = -0.625 * theta
+    s = SignedIF(theta, T, 0.5)(x.flatten(0, 1)).unflatten(0, (T, 7))
+    assert set(s.unique().tolist()) == {-1.0, 0.0, 1.0}
+    expected = torch.floor(x.cumsum(0) / theta + 0.5).clamp(min=0)
+    assert torch.equal(s.cumsum(0), expected)
+    plain = ThresholdIF(theta, T, 0.5, backend='torch')(x.flatten(0, 1)).unflatten(0, (T, 7))
+    assert (plain.cumsum(0) - expected).abs().sum() > 0  # the unsigned neuron overshoots on the same input
+
+
+def test_signed_conversion_is_closer_to_the_ann_at_small_T():
+    """A QCFS ANN at small T: signed neurons put the output nearer the ANN's than plain IF neurons."""
+    torch.manual_seed(0)
+    ann = _randomise_bn(snnzoo.create_model('qcfs_resnet_cifar', widths=(4, 8), layers=(1, 1), stem_width=4, L=4,
+                                            num_classes=5)).to(D).eval()
+    x = torch.randn(8, 3, 16, 16, dtype=D)
+    a = ann(x)
+    err = {signed: (convert(ann, None, T=4, method='qcfs', signed=signed)(x) - a).abs().mean()
+           for signed in (False, True)}
+    assert err[True] < err[False]
+    with pytest.raises(ValueError, match="does not apply to method 'exact'"):
+        convert(ann, None, T=4, method='exact', signed=True)
 
 
 def test_neurons_reject_bad_thresholds():
@@ -309,6 +339,10 @@ def test_ann2snn_cli_on_a_trained_run(tmp_path):
     result = json.loads(out.read_text())
     assert result['methods']['exact']['acc'] == {'4': result['ann_acc']}  # qcfs_resnet_fmnist: L = 4
     assert set(result['methods']['qcfs']['acc']) == set(result['methods']['max']['acc']) == {'1', '4', '16'}
+    assert main([str(tmp_path), '--methods', 'exact', 'qcfs', '--T', '4', '--signed', '--json', str(out)]) == 0
+    signed = json.loads(out.read_text())  # signed neurons for qcfs; exact keeps its own neurons (equal to the ANN)
+    assert signed['methods']['exact']['acc'] == {'4': result['ann_acc']}
+    assert set(signed['methods']['qcfs']['acc']) == {'4'}
     with pytest.raises(SystemExit, match='does not exist'):
         main([str(tmp_path / 'missing')])
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from ..layers.qcfs import QCFS
 from .calibration import Batches, activation_scales, calibration_batches
-from .neurons import BurstIF, RepeatSteps, SpikeScale, ThresholdIF
+from .neurons import BurstIF, RepeatSteps, SignedIF, SpikeScale, ThresholdIF
 
 __all__ = ['convert', 'ConvertedSNN', 'METHODS']
 
@@ -29,6 +29,7 @@ _PASS_FUNCTIONS = (torch.flatten, F.dropout, F.avg_pool1d, F.avg_pool2d, F.avg_p
                    F.adaptive_avg_pool2d, F.adaptive_avg_pool3d)
 _MAXPOOL_FUNCTIONS = (F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d)
 _FLATTEN_METHODS = ('flatten', 'view', 'reshape')
+_NEURONS = (ThresholdIF, SignedIF, BurstIF)
 _SUPPORTED = ("convolutions, linear layers, BatchNorm after them, ReLU or QCFS, average pooling, flatten / view, "
               "dropout, identity and residual additions")
 
@@ -41,8 +42,8 @@ class ConvertedSNN(nn.Module):
     ``return_per_step=True`` gives each step's output ``[T, B, ...]``. ``forward_running(x)`` gives the running mean
     ``[T, B, ...]``: entry t is what the network outputs when run for t + 1 steps (the IF network is causal), so one
     pass gives accuracy versus T. ``body`` is the ANN's traced graph over ``[T*B, ...]``,
-    its activations replaced by neurons (:class:`~snnzoo.conversion.neurons.ThresholdIF` or, exact mode,
-    :class:`~snnzoo.conversion.neurons.BurstIF`).
+    its activations replaced by neurons (:class:`~snnzoo.conversion.neurons.ThresholdIF`, ``signed=True``
+    :class:`~snnzoo.conversion.neurons.SignedIF`, exact mode :class:`~snnzoo.conversion.neurons.BurstIF`).
     """
 
     def __init__(self, body: fx.GraphModule, T: int, method: str):
@@ -59,11 +60,11 @@ class ConvertedSNN(nn.Module):
         _check_T(T)
         self._T = int(T)
         for m in self.body.modules():
-            if isinstance(m, (ThresholdIF, BurstIF, RepeatSteps)):
+            if isinstance(m, _NEURONS + (RepeatSteps,)):
                 m.T = int(T)
 
     def neurons(self) -> List[nn.Module]:
-        return [m for m in self.body.modules() if isinstance(m, (ThresholdIF, BurstIF))]
+        return [m for m in self.body.modules() if isinstance(m, _NEURONS)]
 
     def forward(self, x: torch.Tensor, return_per_step: bool = False) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -224,7 +225,7 @@ def _repeat_time_invariant(gm: fx.GraphModule, T: int) -> None:
     for node in gm.graph.nodes:
         if node.op in ('placeholder', 'get_attr') or (
                 node.op != 'output' and not isinstance(mods.get(node.target) if node.op == 'call_module' else None,
-                                                       (ThresholdIF, BurstIF))
+                                                       _NEURONS)
                 and all(a in static for a in node.all_input_nodes)):
             static.add(node)
     for i, node in enumerate([n for n in gm.graph.nodes if n in static and n.op != 'get_attr']):
@@ -240,7 +241,7 @@ def _repeat_time_invariant(gm: fx.GraphModule, T: int) -> None:
 
 @torch.no_grad()
 def convert(ann: nn.Module, calibration_data: Optional[Batches] = None, T: int = 32, method: str = 'max',
-            percentile: float = 99.9, channelwise: bool = False, v_init: float = 0.5,
+            percentile: float = 99.9, channelwise: bool = False, v_init: float = 0.5, signed: bool = False,
             backend: str = 'auto') -> ConvertedSNN:
     """Convert ``ann`` into a multi-step spiking network of IF neurons (soft reset, BatchNorm folded).
 
@@ -264,6 +265,10 @@ def convert(ann: nn.Module, calibration_data: Optional[Batches] = None, T: int =
         channelwise: one threshold per channel instead of one per layer (``'max'`` / ``'percentile'``).
         v_init: initial membrane potential as a fraction of the threshold (1/2 makes the rate a rounding instead of a
             floor; QCFS theory; ``'qcfs'`` / ``'exact'`` always use 1/2).
+        signed: signed IF neurons (:class:`~snnzoo.conversion.neurons.SignedIF`, spikes in {-1, 0, 1}): a neuron
+            takes back an earlier spike when its membrane falls below 0, so its count follows the rounded integral
+            of its input instead of overshooting it (fewer steps for the same accuracy; not with ``'exact'``; a -1
+            spike is not binary, so the strict energy convention counts the layers it feeds as MACs).
         backend: the IF neurons' backend (``'auto'``, ``'torch'``, ``'cupy'``).
 
     Returns:
@@ -277,6 +282,9 @@ def convert(ann: nn.Module, calibration_data: Optional[Batches] = None, T: int =
     if ann.training:
         raise ValueError("convert needs the ANN in eval mode (BatchNorm running statistics, no dropout): call "
                          "ann.eval() first")
+    if signed and method == 'exact':
+        raise ValueError("signed=True does not apply to method 'exact' (its accumulate-then-fire neurons already "
+                         "fire their exact count); use signed with 'max', 'percentile' or 'qcfs'")
     if method == 'percentile' and not 0 < percentile <= 100:
         raise ValueError(f"percentile must lie in (0, 100], got {percentile}")
     try:
@@ -309,8 +317,8 @@ def convert(ann: nn.Module, calibration_data: Optional[Batches] = None, T: int =
         thetas = activation_scales(gm, sites, batches, 100.0 if method == 'max' else percentile, channelwise)
     for i, n in enumerate(sites):
         theta, name = thetas[n.name], f"neuron{i}"
-        gm.add_submodule(name, BurstIF(theta, T, v_init) if method == 'exact' else
-                         ThresholdIF(theta, T, v_init, backend))
+        gm.add_submodule(name, BurstIF(theta, T, v_init) if method == 'exact' else SignedIF(theta, T, v_init)
+                         if signed else ThresholdIF(theta, T, v_init, backend))
         gm.add_submodule(f"scale{i}", SpikeScale(theta))
         with gm.graph.inserting_after(n):
             new = gm.graph.call_module(name, (n.args[0],))

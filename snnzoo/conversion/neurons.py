@@ -5,7 +5,7 @@ import torch.nn as nn
 
 from ..layers.neuron import IFNode
 
-__all__ = ['ThresholdIF', 'BurstIF', 'SpikeScale', 'RepeatSteps']
+__all__ = ['ThresholdIF', 'SignedIF', 'BurstIF', 'SpikeScale', 'RepeatSteps']
 
 
 def _broadcast(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -54,6 +54,29 @@ class ThresholdIF(_ConvertedNeuron):
         if self.v_init:
             x = torch.cat([x[:1] + self.v_init, x[1:]])
         return self.node(x).flatten(0, 1)
+
+
+class SignedIF(_ConvertedNeuron):
+    """Signed IF neuron: a :class:`ThresholdIF` that may also fire -1 to take back one of its earlier spikes, over
+    ``[T*B, ...]`` -> spikes {-1, 0, 1}.
+
+    H[t] = V[t-1] + X[t];  S[t] = 1 if H[t] >= theta, -1 if H[t] < 0 and N[t-1] > 0, else 0;  V[t] = H[t] - theta S[t];
+    N[t] = N[t-1] + S[t], V[0] = v_init * theta. With v_init = 1/2 and |X[t]| <= theta the count tracks the rounded
+    integral of its input at every step, N[t] = max(0, floor(sum_{u<=t} X[u] / theta + 1/2)), so the early
+    overshoot a ThresholdIF cannot undo (the "unevenness error" of converted networks: an input that is high at
+    first and low later) is corrected a step later.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._steps(x)
+        v = torch.full_like(x[0], self.v_init)
+        n = torch.zeros_like(x[0])
+        out = torch.empty_like(x)
+        for t in range(x.shape[0]):
+            v = v + x[t]
+            s = (v >= 1).to(x.dtype) - ((v < 0) & (n > 0)).to(x.dtype)
+            v, n, out[t] = v - s, n + s, s
+        return out.flatten(0, 1)
 
 
 class BurstIF(_ConvertedNeuron):

@@ -2,6 +2,7 @@
 
     snnzoo-ann2snn outputs/qcfs_cifar10                       # QCFS, exact and threshold balancing at T = 1..64
     snnzoo-ann2snn <run> --methods qcfs --T 4 8 16 --limit 1000 --json result.json
+    snnzoo-ann2snn <run> --methods qcfs max --signed                 # signed IF neurons
 
 The run is rebuilt by :func:`snnzoo.train.checkpoint.load_trained_model` (its stored config is data: a registered
 model name and checked keywords); its recorded test set is the evaluation data, and threshold balancing calibrates on
@@ -72,10 +73,12 @@ def _parser() -> argparse.ArgumentParser:
                    choices=['max', 'percentile', 'qcfs', 'exact'])
     p.add_argument('--T', nargs='+', type=int, default=list(DEFAULT_T), help='time steps to report')
     p.add_argument('--channelwise', action='store_true', help='one threshold per channel (max / percentile)')
+    p.add_argument('--signed', action='store_true',
+                   help='signed IF neurons (spikes in {-1, 0, 1}: fewer steps for the same accuracy; not for exact)')
     p.add_argument('--percentile', type=float, default=99.9)
     p.add_argument('--calib-images', type=int, default=512, help='training images for threshold balancing')
     p.add_argument('--data-root', help="override the run's recorded data root")
-    p.add_argument('--batch-size', type=int, default=500)
+    p.add_argument('--batch-size', type=int, default=16, help='small batches keep [T*B, ...] in the CPU cache')
     p.add_argument('--limit', type=int, default=0, help='evaluate on N test images spread evenly over the test set')
     p.add_argument('--threads', type=int, default=0, help='torch.set_num_threads (0: leave as is)')
     p.add_argument('--json', help='write the results to this JSON file')
@@ -122,7 +125,7 @@ def main(argv: List[str] = None) -> int:
         Ts = [levels[0]] if method == 'exact' else sorted(args.T)
         start = time.perf_counter()
         snn = convert(ann, calib, T=max(Ts), method=method, percentile=args.percentile,
-                      channelwise=args.channelwise)
+                      channelwise=args.channelwise, signed=args.signed and method != 'exact')
         acc = accuracy_vs_T(snn, loader, Ts)
         result['methods'][method] = {'acc': acc, 'seconds': time.perf_counter() - start}
         print(f"{method}: " + ', '.join(f"T={t} {a:.2f}%" for t, a in acc.items()), flush=True)
