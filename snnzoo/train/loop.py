@@ -71,7 +71,7 @@ class SeededDataset(Dataset):
         py, npy, th = random.getstate(), np.random.get_state(), torch.get_rng_state()
         random.seed(s)
         np.random.seed(s)
-        torch.manual_seed(s)
+        torch.default_generator.manual_seed(s)  # CPU only: torch.manual_seed also queues lazy CUDA seeding
         try:
             return self.dataset[index]
         finally:
