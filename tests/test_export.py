@@ -99,13 +99,15 @@ def _snntorch_run(graph, frames: torch.Tensor) -> tuple:
         if isinstance(m, nn.Flatten) and m.start_dim >= 0:
             m.start_dim += 1
             m.end_dim += 1 if m.end_dim >= 0 else 0
-    spikes = {}
+    spikes, outs, state = {}, [], None
     for name, m in net.named_modules():
         if isinstance(m, snn.Leaky):
             m.reset_mem()
             m.register_forward_hook(lambda m, i, o, key=name: spikes.setdefault(key, []).append(o))
     with torch.no_grad():
-        outs = [net(x)[0] for x in frames]
+        for x in frames:    # nirtorch keeps the outputs that recurrent edges read one step later in ``state``
+            out, state = net(x, state)
+            outs.append(out)
     return torch.stack(outs), {k: torch.stack(v) for k, v in spikes.items()}
 
 
@@ -216,6 +218,136 @@ def test_nonzero_reset_and_if_round_trip():
     assert np.allclose(lif.tau, 1e-4 * 1.25) and np.allclose(lif.r, 1.25) and np.allclose(lif.v_leak, 0.1)
 
 
+# -------------------------------------------------------------------- soft reset: converted SNNs and snnzoo neurons
+
+def _spikes_by_layer(model: nn.Module, types, T: int) -> dict:
+    """Hooks storing the per-step spikes ``[T, B, ...]`` of every module of ``types`` under its NIR node name."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, types):
+            m.register_forward_hook(lambda m, i, o, key=name.replace('.', '_'):
+                                    out.__setitem__(key, o.unflatten(0, (T, -1)) if o.shape[0] != T else o))
+    return out
+
+
+def _check_against_snntorch_and_round_trip(model: nn.Module, x: torch.Tensor, frames: torch.Tensor, types,
+                                           tmp_path, capsys) -> tuple:
+    """Export ``model`` (run on ``x``; ``frames [T, B, ...]``: the graph's input at each step), run the graph with
+    snnTorch and, after a file round trip, with from_nir: returns (class agreement with snnTorch, spikes that differ
+    from snnTorch's, spikes in all); asserts that the round trip reproduces every layer's spikes (of the modules of
+    ``types``) and the per-step outputs bit for bit."""
+    T = frames.shape[0]
+    graph = to_nir(model, x[:2])
+    ours = _spikes_by_layer(model, types, T)
+    with torch.no_grad():
+        ref = model(x, return_per_step=True) if x is not frames else model(x)
+    theirs_out, theirs = _snntorch_run(graph, frames)
+    capsys.readouterr()
+    assert set(theirs) >= set(ours) and ours
+    mismatched = sum((s != theirs[k]).sum().item() for k, s in ours.items())
+    total = sum(s.sum().item() for s in ours.values())
+    nir.write(tmp_path / 'g.nir', graph)
+    back = from_nir(tmp_path / 'g.nir')
+    mine = _spikes_by_layer(back.nodes, tuple({type(back.nodes[k]) for k in ours}), T)
+    with torch.no_grad():
+        assert torch.equal(back(frames), ref)
+    assert mine.keys() == ours.keys() and all(torch.equal(s, ours[k]) for k, s in mine.items())
+    agree = (ref.mean(0).argmax(-1) == theirs_out.mean(0).argmax(-1)).float().mean().item()
+    return agree, mismatched, total
+
+
+@pytest.fixture(scope='module')
+def cifar_test_images(data_dir, tmp_path_factory):
+    """N CIFAR-10 test images spread evenly over the set (every (10000 / N)-th of each class's 1000, N from
+    $SNNZOO_NIR_CIFAR_IMAGES, default 40) as normalised tensors, and their labels."""
+    import os
+    from snnzoo.data import build_dataset
+    n = int(os.environ.get('SNNZOO_NIR_CIFAR_IMAGES', 40))
+    archive = data_dir / 'cifar10-jpg.tar.gz'
+    if not archive.exists():
+        pytest.skip(f'{archive} is absent')
+    root = tmp_path_factory.mktemp('cifar')
+    with tarfile.open(archive) as tar:   # the test images wanted, and one train image per class (the folder layout)
+        for m in tar:
+            parts = m.name.split('/')
+            if m.isfile() and len(parts) == 4 and (parts[1] == 'test' and int(parts[3][:4]) % (10000 // n) == 0
+                                                   or parts[3] == '0000.jpg'):
+                tar.extract(m, root, filter='data')
+    ds = build_dataset('cifar10', str(root / 'cifar10-jpg'), 'test')
+    return torch.stack([ds[i][0] for i in range(len(ds))]), torch.tensor([ds[i][1] for i in range(len(ds))])
+
+
+class _ResidualANN(nn.Module):
+    """conv-BN-ReLU, a residual block with an identity shortcut, avg-pool, linear-ReLU, linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.conv = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8))
+        self.pool = nn.AvgPool2d(4)
+        self.fc1, self.fc2 = nn.Linear(8 * 8 * 8, 32), nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.relu(self.conv(x) + x)
+        return self.fc2(torch.relu(self.fc1(torch.flatten(self.pool(x), 1))))
+
+
+def test_converted_snns_on_cifar10_run_by_snntorch(cifar_test_images, tmp_path, capsys):
+    """Converted SNNs (IF neurons with soft reset and initial membrane theta / 2) as NIR, imported by snnTorch 1.0.0
+    and run on real CIFAR-10 test images: the published QCFS ResNet (method 'qcfs', T=8, residual additions) and a
+    net with per-channel 'percentile' thresholds, an explicit spike scale on an identity shortcut and linear-layer
+    neurons (T=8). Every layer's per-step spikes equal snnzoo's (ties counted and bounded), the classes agree, and
+    snnzoo -> NIR file -> snnzoo is bit-exact."""
+    from snnzoo.conversion import ThresholdIF, convert
+    x, y = cifar_test_images
+    ann = snnzoo.create_model('qcfs_resnet_cifar', pretrained=True).eval()
+    torch.manual_seed(0)
+    small = _randomise_bn(_ResidualANN()).eval()
+    report = []
+    for name, model in (('qcfs', convert(ann, None, 8, 'qcfs', backend='torch')),
+                        ('percentile', convert(small, x[:16], 8, 'percentile', channelwise=True, backend='torch'))):
+        agree, mismatched, total = _check_against_snntorch_and_round_trip(
+            model, x, x.unsqueeze(0).expand(8, *x.shape), ThresholdIF, tmp_path, capsys)
+        report.append(f"{name}: {len(x)} CIFAR-10 test images, {agree:.4f} class agreement, {mismatched} of "
+                      f"{total:.0f} spikes differ")
+        assert total > 1000 and mismatched <= 1e-4 * total and agree >= 0.995, report[-1]
+    print('\n'.join(report))
+    graph = to_nir(model, x[:2])   # the shortcut's spikes times theta, and the linear layer's neurons, were written
+    scale, theta = graph.nodes['body.scale0'], model.body.scale0.theta.numpy()
+    assert isinstance(scale, nir.Conv2d) and np.array_equal(scale.weight[:, :, 0, 0], np.diag(theta))
+    assert isinstance(graph.nodes['body.neuron2.in'], nir.Affine) and theta.shape == (8,)
+
+
+@pytest.mark.parametrize('neuron', [lambda: IFNode(v_threshold=0.8, v_reset=None),
+                                    lambda: LIFNode(tau=2.0, v_reset=None),
+                                    lambda: LIFNode(tau=1.5, decay_input=False, v_threshold=0.5, v_reset=None),
+                                    lambda: ParametricLIFNode(init_tau=3.0, v_reset=None)],
+                         ids=['if', 'lif', 'lif_no_decay_input', 'plif'])
+def test_soft_reset_neurons_run_by_snntorch(neuron, tmp_path, capsys):
+    """snnzoo neurons with a soft reset (V - V_th after a spike) in a Sequential net: snnTorch runs the recurrent
+    subgraph with every layer's spikes equal to snnzoo's up to ties (LIF: NIR charges k X + (1 - k) V, snnzoo
+    V + (X - V) k; IF: the same two sums, no tie), and from_nir brings the net back bit-exact."""
+    torch.manual_seed(1)
+    net = _randomise_bn(_sequential(neuron, nn.AvgPool2d(2))).eval()
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            m.weight.data.mul_(3)
+    x = (torch.rand(6, 4, 2, 16, 16) < 0.5).float()
+    _, mismatched, total = _check_against_snntorch_and_round_trip(net, x, x, BaseNode, tmp_path, capsys)
+    assert total > 100 and mismatched <= max(1, 1e-4 * total)
+    if isinstance(net[1], IFNode):
+        assert mismatched == 0
+
+
+def test_from_nir_refuses_a_changed_soft_reset_subgraph():
+    net = nn.Sequential(MultiStep(nn.Linear(4, 3)), IFNode(v_reset=None))
+    graph = to_nir(net, torch.randn(2, 1, 4))
+    graph.edges.append(('0', '1.h'))
+    with pytest.raises(ValueError, match=r"edge 0 -> 1\.h enters or leaves a soft-reset subgraph"):
+        from_nir(graph)
+
+
 def test_reads_a_graph_written_by_snntorch():
     """from_nir on a graph exported by snnTorch's own export_to_nir (Linear -> Leaky -> Linear -> Leaky, reset to zero):
     our network reproduces snnTorch's spikes (up to ties: snnTorch computes beta V + I, snnzoo V - V / tau + I)."""
@@ -250,13 +382,10 @@ def test_inexpressible_operations_are_named():
         model = snnzoo.create_model('sew_resnet18', layers=[1, 1, 1, 1], T=2, connect_f=connect_f).eval()
         with pytest.raises(NIRExportError, match=rf'torch\.{op} of activations.*\(in layer1\.0\)'):
             to_nir(model, torch.randn(2, 3, 32, 32))
-    soft = nn.Sequential(MultiStep(nn.Linear(4, 3)), IFNode(v_reset=None))
-    with pytest.raises(NIRExportError, match=r'1 \(IFNode\) uses a soft reset'):
-        to_nir(soft, torch.randn(2, 1, 4))
     from snnzoo.conversion import convert
-    ann = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
-    with pytest.raises(NIRExportError, match=r'neuron0\.node \(IFNode\) uses a soft reset.*converted'):
-        to_nir(convert(ann, [torch.rand(8, 1, 8, 8)], T=4), torch.rand(2, 1, 8, 8))
+    ann = snnzoo.create_model('qcfs_resnet_cifar', widths=(4, 8), layers=(1, 1), stem_width=4, L=4).eval()
+    with pytest.raises(NIRExportError, match=r"body\.neuron0 \(BurstIF, conversion method 'exact'\).*method='qcfs'"):
+        to_nir(convert(ann, None, T=4, method='exact'), torch.rand(2, 3, 8, 8))
     real_max = nn.Sequential(MultiStep(nn.Conv2d(2, 2, 3), nn.MaxPool2d(2)), LIFNode())
     with pytest.raises(NIRExportError, match='MaxPool2d 0.1 of real values'):
         to_nir(real_max, torch.randn(2, 1, 2, 8, 8))
@@ -360,6 +489,16 @@ def test_cli_writes_nir(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(['spikformer_4_384_cifar', '--format', 'nir', '--out', str(tmp_path / 's.nir')])
     assert 'attention matmul' in capsys.readouterr().err
+    from snnzoo.conversion import convert   # a converted network: its per-step logits, bit for bit
+    main(['qcfs_resnet_cifar', '--pretrained', '--convert', 'qcfs', '--T', '4', '--format', 'nir',
+          '--out', str(tmp_path / 'q.nir')])
+    snn_ = convert(snnzoo.create_model('qcfs_resnet_cifar', pretrained=True).eval(), None, 4, 'qcfs')
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(from_nir(tmp_path / 'q.nir')(x.expand(4, *x.shape)), snn_(x, return_per_step=True))
+    with pytest.raises(SystemExit):
+        main(['qcfs_resnet_cifar', '--convert', 'exact', '--format', 'nir', '--out', str(tmp_path / 'e.nir')])
+    assert "BurstIF, conversion method 'exact'" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -16,8 +16,24 @@ threshold: snnzoo fires on H >= V_th         ``v_threshold`` = the float32 just 
 ===========================================  =========================================================================
 
 Every element of a layer shares the same parameters; the exact snnzoo neuron (class, tau or PLIF's w) is kept in each
-node's ``metadata`` so that snnzoo -> NIR -> snnzoo is bit-exact. Soft reset (subtract V_th) has no NIR node (NIR's
-LIF and IF reset to ``v_reset``) and is refused.
+node's ``metadata`` so that snnzoo -> NIR -> snnzoo is bit-exact.
+
+Soft reset (subtract V_th: snnzoo neurons with ``v_reset=None``, and the IF neurons of converted networks, which also
+start at ``V[0] = v_init theta``) has no NIR node: NIR's LIF and IF reset to ``v_reset``, and snnTorch 1.0.0 reads an
+``IF`` as a leaky neuron (beta 0.9). It is written as a recurrent subgraph whose edges are read one step late, the
+neuron's state kept by a feedback edge; each node is one that snnTorch's reader (through nirtorch 2.6) runs:
+
+    name.in = g X;  name.h = name.in + name.v[t-1]  (LIF: + name.leak[t-1] = (1 - k) name.v[t-1] instead);
+    name = [name.h >= theta]  (memoryless LIF, tau = dt);  name.reset = -r name;  name.v = name.h + name.reset
+
+with ``g = 1`` (IF, LIF without input decay) or ``k`` (LIF with input decay), ``theta = r = V_th``; for a converted
+network's neuron, the membrane in units of its threshold: ``g = 1 / theta_l`` (per channel), ``r = 1`` and
+``theta = 1 - v_init`` (the membrane minus its initial value starts at 0). ``g X``, ``-r S`` and the identities are
+1x1 ``Conv2d`` (``Affine`` for flat features) with diagonal weights: exact products. Every sum has two terms, so its
+order does not matter. The spiking node carries the layer's name; from_nir rebuilds the snnzoo neuron from its
+metadata. The accumulate-then-fire neurons of conversion method 'exact' fire after their whole input window, which
+no graph of one time step can express: refused. A converted network's ``SpikeScale`` (spikes times theta) is such a
+diagonal node, and its ``RepeatSteps`` (the static stem repeated over T) nothing: the graph runs every step anyway.
 
 Other layers: Conv2d -> ``Conv2d``, Linear -> ``Affine``, BatchNorm folded into the conv / linear before it,
 AvgPool2d and the global spatial mean -> ``AvgPool2d``, flattening -> ``Flatten``, a multiplication by a constant ->
@@ -42,6 +58,7 @@ import torch.nn as nn
 from ..layers import (BaseNode, ChannelQKAttention, IFNode, LIFNode, ParametricLIFNode, SpikeDrivenSelfAttention,
                       SpikingSelfAttention, TokenQKAttention)
 from ..layers.temporal import MultiStep
+from ..conversion.neurons import RepeatSteps, SpikeScale, ThresholdIF, _ConvertedNeuron
 from ._trace import DataflowTrace
 from .fuse import fold_bn
 
@@ -50,7 +67,7 @@ __all__ = ['DT', 'NIRExportError', 'to_nir', 'from_nir', 'NIRNetwork', 'Heavisid
 DT = 1e-4
 _ATTENTION = (SpikingSelfAttention, SpikeDrivenSelfAttention, TokenQKAttention, ChannelQKAttention)
 _LEAVES = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d,
-           nn.Flatten, nn.Dropout, BaseNode)
+           nn.Flatten, nn.Dropout, BaseNode, _ConvertedNeuron, SpikeScale, RepeatSteps)
 _PRODUCTS = frozenset({'mul', 'matmul', 'bmm', 'einsum', 'baddbmm', 'addbmm', 'mm', 'rmul', 'rsub', 'sub', 'div'})
 _ATTENTION_HELP = ("NIR 1.0.8 has no node that multiplies two activations (no matmul, no product): spiking "
                    "self-attention (Q K^T and its product with V) cannot be expressed; see the README section "
@@ -73,19 +90,13 @@ def _full(shape, value) -> np.ndarray:
     return np.full(tuple(shape), value, dtype=np.float32)
 
 
-def _neuron_node(node: BaseNode, shape: Tuple[int, ...], dt: float, where: str) -> nir.NIRNode:
-    """The NIR node of one snnzoo neuron layer with per-step input ``shape`` (see the module docstring)."""
+def _neuron_meta(node: BaseNode, dt: float) -> Tuple[dict, float]:
+    """The metadata that rebuilds snnzoo neuron ``node`` exactly, and its decay k (IF: 0)."""
     cfg = node.config()
-    if cfg.v_reset is None:
-        raise NIRExportError(f"{where} ({type(node).__name__}) uses a soft reset (v_reset=None: V - V_th after a "
-                             f"spike); NIR 1.0.8's LIF and IF nodes only reset to v_reset, so it cannot be exported. "
-                             f"Build the network with a hard reset (v_reset=0.0); an ANN-to-SNN converted network needs its soft "
-                             f"reset (and its initial membrane v_init), so it stays in PyTorch / ONNX")
     meta = {'dt': dt, 'snnzoo_node': type(node).__name__, 'snnzoo_v_threshold': cfg.v_threshold,
             'snnzoo_detach_reset': cfg.detach_reset, 'snnzoo_surrogate': cfg.surrogate, 'snnzoo_alpha': cfg.alpha}
-    common = dict(v_threshold=_full(shape, _f32_below(cfg.v_threshold)), v_reset=_full(shape, cfg.v_reset))
     if cfg.charge == 'if':
-        return nir.IF(r=_full(shape, 1.0 / dt), metadata=meta, **common)
+        return meta, 0.0
     if cfg.charge == 'plif':
         meta['snnzoo_w'] = float(node.w.detach().reshape(()))
         k = float(node.decay().detach().float())
@@ -93,14 +104,37 @@ def _neuron_node(node: BaseNode, shape: Tuple[int, ...], dt: float, where: str) 
         meta['snnzoo_tau'] = cfg.tau
         k = 1.0 / cfg.tau
     meta['snnzoo_decay_input'] = cfg.decay_input
+    return meta, k
+
+
+def _neuron_node(node: BaseNode, shape: Tuple[int, ...], dt: float) -> nir.NIRNode:
+    """The NIR node of one hard-reset snnzoo neuron layer with per-step input ``shape`` (see the module docstring)."""
+    cfg = node.config()
+    meta, k = _neuron_meta(node, dt)
+    common = dict(v_threshold=_full(shape, _f32_below(cfg.v_threshold)), v_reset=_full(shape, cfg.v_reset))
+    if cfg.charge == 'if':
+        return nir.IF(r=_full(shape, 1.0 / dt), metadata=meta, **common)
     return nir.LIF(tau=_full(shape, dt / k), r=_full(shape, 1.0 if cfg.decay_input else 1.0 / k),
                    v_leak=_full(shape, cfg.v_reset), metadata=meta, **common)
 
 
-def _memoryless(shape, threshold: float, dt: float) -> nir.LIF:
+def _memoryless(shape, threshold: float, dt: float, metadata: Optional[dict] = None) -> nir.LIF:
     """``[I > threshold]`` at every step: a LIF with tau = dt forgets its past (v = r I)."""
     return nir.LIF(tau=_full(shape, dt), r=_full(shape, 1.0), v_leak=_full(shape, 0.0),
-                   v_threshold=_full(shape, threshold), v_reset=_full(shape, 0.0), metadata={'dt': dt})
+                   v_threshold=_full(shape, threshold), v_reset=_full(shape, 0.0),
+                   metadata={'dt': dt, **(metadata or {})})
+
+
+def _diagonal(shape: Tuple[int, ...], gain, metadata: dict) -> nir.NIRNode:
+    """``y = gain * x`` per channel (dim 0 of the per-step ``shape``) as a 1x1 ``Conv2d`` / an ``Affine`` with a
+    diagonal weight: exact (one non-zero product per output) and run by every reader (snnTorch 1.0.0 maps neither
+    ``Scale`` nor grouped convolutions)."""
+    gain = np.broadcast_to(np.asarray(gain, np.float32).reshape(-1), (shape[0],))
+    weight, bias = np.diag(gain).astype(np.float32), np.zeros(shape[0], np.float32)
+    if len(shape) == 1:
+        return nir.Affine(weight=weight, bias=bias, metadata=metadata)
+    return nir.Conv2d(input_shape=tuple(shape[1:]), weight=weight[:, :, None, None], stride=1, padding=0, dilation=1,
+                      groups=1, bias=bias, metadata=metadata)
 
 
 class _Value:
@@ -124,11 +158,15 @@ class _GraphBuilder:
         self.readers: Dict[str, int] = {}
         self.tracer = DataflowTrace(model, _LEAVES, self.on_leaf, self.on_op)
 
-    def add(self, name: str, node: nir.NIRNode, inputs: Sequence[_Value]) -> str:
+    def unique(self, name: str) -> str:
         base, i = name, 1
         while name in self.nodes:
             i += 1
             name = f'{base}_{i}'
+        return name
+
+    def add(self, name: str, node: nir.NIRNode, inputs: Sequence[_Value]) -> str:
+        name = self.unique(name)
         self.nodes[name] = node
         for value in inputs:
             if value.is_stale():
@@ -149,10 +187,22 @@ class _GraphBuilder:
             self.fail(f"{type(module).__name__} on an input that does not come from the network input")
         t = traced[0]
         x, shape = t.payload, t.shape
-        if isinstance(module, (nn.Dropout, nn.Identity)):
+        if isinstance(module, (nn.Dropout, nn.Identity, RepeatSteps)):   # a graph step repeats the static part
             return x
+        if isinstance(module, ThresholdIF):
+            theta = module.theta.detach().cpu().double().numpy()
+            meta = {'snnzoo_node': 'ThresholdIF', 'snnzoo_theta': theta.astype(np.float32).reshape(-1),
+                    'snnzoo_theta_per_channel': theta.ndim > 0, 'snnzoo_v_init': module.v_init}
+            return self.soft_reset(name, x, shape, 1.0 / theta, 0.0, 1.0 - module.v_init, 1.0, meta)
+        if isinstance(module, SpikeScale):
+            node = _diagonal(shape, module.theta.detach().cpu().numpy(), {'snnzoo_node': 'SpikeScale'})
+            return _Value((self.add(name, node, [x]),), None)
+        if isinstance(module, BaseNode) and module.v_reset is None:
+            meta, k = _neuron_meta(module, self.dt)
+            gain = k if module.config().charge != 'if' and module.config().decay_input else 1.0
+            return self.soft_reset(name, x, shape, gain, k, module.v_threshold, module.v_threshold, meta)
         if isinstance(module, BaseNode):
-            return _Value((self.add(name, _neuron_node(module, shape, self.dt, name), [x]),), 1)
+            return _Value((self.add(name, _neuron_node(module, shape, self.dt), [x]),), 1)
         if isinstance(module, nn.Conv2d):
             if module.padding_mode != 'zeros':
                 self.fail(f"Conv2d with padding_mode={module.padding_mode!r}")
@@ -182,6 +232,24 @@ class _GraphBuilder:
             return self.flatten(name, x, shape, tuple(output.shape[module.start_dim:]) if module.start_dim >= 0
                                 else None, output)
         self.fail(type(module).__name__)
+
+    def soft_reset(self, name, x: _Value, shape, gain, k: float, threshold: float, reset: float, meta: dict):
+        """A soft-reset neuron as the recurrent subgraph of the module docstring (``g = gain``, ``r = reset``; a
+        leak node when ``k``). Nodes are added in the order a reader can run them in, the fed-back one last."""
+        name = self.unique(name)   # the spiking node; its helpers are name.in, name.h, name.reset, name.v, name.leak
+        group = {'snnzoo_group': name}
+        self.add(f'{name}.in', _diagonal(shape, gain, {**group, 'snnzoo_role': 'in'}), [x])
+        roles = {'h': _diagonal(shape, 1.0, {}), '': _memoryless(shape, _f32_below(threshold), self.dt, meta),
+                 'reset': _diagonal(shape, -reset, {}), 'v': _diagonal(shape, 1.0, {})}
+        if k:
+            roles['leak'] = _diagonal(shape, 1.0 - k, {})
+        for role, node in roles.items():
+            node.metadata.update(group, snnzoo_role=role or 'fire')
+            self.nodes[f'{name}.{role}' if role else name] = node
+        self.edges += [(f'{name}.in', f'{name}.h'), (f'{name}.leak' if k else f'{name}.v', f'{name}.h'),
+                       (f'{name}.h', name), (name, f'{name}.reset'), (f'{name}.h', f'{name}.v'),
+                       (f'{name}.reset', f'{name}.v')] + ([(f'{name}.v', f'{name}.leak')] if k else [])
+        return _Value((name,), 1)
 
     def fold(self, name: str, bn: nn.Module, x: _Value):
         src = x.sources[0] if len(x.sources) == 1 else None
@@ -278,6 +346,17 @@ class _GraphBuilder:
         self.fail(f"a mean over dims {dims} of a tensor of shape {tuple(x.shape)}")
 
 
+def _noncausal_help(name: str, module: nn.Module) -> str:
+    kind = type(module).__name__
+    if kind == 'BurstIF':
+        return (f"{name} (BurstIF, conversion method 'exact') fires only after integrating its whole input window "
+                f"(accumulate-then-fire): its spike at step t depends on later inputs, which no NIR graph of one time "
+                f"step can express. Convert with method='qcfs' (the same thresholds, IF neurons that fire as they "
+                f"integrate) to export to NIR, or export the exact network with to_onnx")
+    return (f"{name} ({kind}) has no NIR export (NIR exports the converted networks' ThresholdIF neurons: convert "
+            f"with the default neurons, e.g. signed=False), or export it with to_onnx")
+
+
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().float().numpy().copy()
 
@@ -308,8 +387,8 @@ def to_nir(model: nn.Module, sample: torch.Tensor, dt: float = DT,
         if isinstance(module, _ATTENTION):
             raise NIRExportError(f"{name} ({type(module).__name__}) multiplies activations (the attention matmul, "
                                  f"spike x spike). {_ATTENTION_HELP}")
-        if isinstance(module, BaseNode):
-            _neuron_node(module, (1,), dt, name)   # a soft reset (e.g. a converted SNN's IF) is refused up front
+        if isinstance(module, _ConvertedNeuron) and not isinstance(module, ThresholdIF):
+            raise NIRExportError(_noncausal_help(name, module))
     shape = tuple(input_shape) if input_shape is not None else _feature_shape(sample)
     builder = _GraphBuilder(model, dt)
     builder.nodes['input'] = nir.Input(input_type={'input': np.array(shape)})
@@ -374,8 +453,14 @@ def _meta(node, key: str, default=None):
 
 def _neuron_module(node: nir.NIRNode, dt: float) -> nn.Module:
     name = _meta(node, 'snnzoo_node')
+    if name == 'ThresholdIF':   # a converted network's neuron, written by snnzoo as a soft-reset subgraph
+        theta = torch.from_numpy(np.asarray(node.metadata['snnzoo_theta'], np.float32).reshape(-1))
+        theta = theta if _meta(node, 'snnzoo_theta_per_channel') else theta[0]
+        return _TimeFlattened(ThresholdIF(theta, 1, float(_meta(node, 'snnzoo_v_init')), backend='torch'))
     if name is not None:   # written by snnzoo: the exact neuron
-        common = dict(v_threshold=float(_meta(node, 'snnzoo_v_threshold')), v_reset=_uniform(node, 'v_reset'),
+        soft = _meta(node, 'snnzoo_group') is not None
+        common = dict(v_threshold=float(_meta(node, 'snnzoo_v_threshold')),
+                      v_reset=None if soft else _uniform(node, 'v_reset'),
                       detach_reset=bool(_meta(node, 'snnzoo_detach_reset')),
                       surrogate=str(_meta(node, 'snnzoo_surrogate')), alpha=float(_meta(node, 'snnzoo_alpha')))
         if name == 'IFNode' or isinstance(node, nir.IF):
@@ -451,6 +536,18 @@ def _node_module(node: nir.NIRNode, dt: float) -> Optional[nn.Module]:
                      f"Output, Conv2d, Affine, Linear, AvgPool2d, SumPool2d, Flatten, Scale, Threshold, LIF, IF)")
 
 
+class _TimeFlattened(nn.Module):
+    """A converted network's neuron (which runs on ``[T*B, ...]``) on ``[T, B, ...]``, for any T."""
+
+    def __init__(self, neuron: ThresholdIF):
+        super().__init__()
+        self.neuron = neuron
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.neuron.T = x.shape[0]
+        return self.neuron(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+
+
 class _Scale(nn.Module):
     def __init__(self, scale: torch.Tensor):
         super().__init__()
@@ -470,19 +567,20 @@ class NIRNetwork(nn.Module):
     def __init__(self, graph: nir.NIRGraph, dt: float):
         super().__init__()
         self.nodes = nn.ModuleDict()
-        self._key = {name: name.replace('.', '_') for name in graph.nodes}
-        inputs: Dict[str, List[str]] = {name: [] for name in graph.nodes}
-        for src, dst in graph.edges:
+        nodes, edges = _collapse_soft_reset(graph)
+        self._key = {name: name.replace('.', '_') for name in nodes}
+        inputs: Dict[str, List[str]] = {name: [] for name in nodes}
+        for src, dst in edges:
             inputs[dst].append(src)
         self._inputs = inputs
-        self._order = _topological_order(graph)
-        self._input = next(n for n, node in graph.nodes.items() if isinstance(node, nir.Input))
-        outputs = [n for n, node in graph.nodes.items() if isinstance(node, nir.Output)]
+        self._order = _topological_order(nodes, edges)
+        self._input = next(n for n, node in nodes.items() if isinstance(node, nir.Input))
+        outputs = [n for n, node in nodes.items() if isinstance(node, nir.Output)]
         if len(outputs) != 1:
             raise ValueError(f"from_nir: the graph must have one Output node, it has {len(outputs)}")
         self._output = outputs[0]
         for name in self._order:
-            module = _node_module(graph.nodes[name], dt)
+            module = _node_module(nodes[name], dt)
             if module is not None:
                 self.nodes[self._key[name]] = module
         self._sum = Sum()
@@ -497,22 +595,44 @@ class NIRNetwork(nn.Module):
         return values[self._output]
 
 
-def _topological_order(graph: nir.NIRGraph) -> List[str]:
-    pending = {name: 0 for name in graph.nodes}
-    for _, dst in graph.edges:
+def _collapse_soft_reset(graph: nir.NIRGraph) -> Tuple[Dict[str, nir.NIRNode], List[Tuple[str, str]]]:
+    """The graph's nodes and edges with each soft-reset subgraph snnzoo wrote (nodes whose metadata names their
+    ``snnzoo_group``) replaced by its spiking node, which reads what entered the subgraph's ``.in`` node."""
+    group = {n: _meta(node, 'snnzoo_group') for n, node in graph.nodes.items() if _meta(node, 'snnzoo_group')}
+    for name in set(group.values()):
+        if name not in graph.nodes or _meta(graph.nodes[name], 'snnzoo_role') != 'fire':
+            raise ValueError(f"from_nir: the soft-reset subgraph {name!r} has no spiking node of that name; the graph "
+                             f"was changed after snnzoo wrote it")
+    edges = []
+    for src, dst in graph.edges:
+        if src in group and dst in group and group[src] == group[dst]:
+            continue
+        if (src in group and src != group[src]) or (dst in group and _meta(graph.nodes[dst], 'snnzoo_role') != 'in'):
+            raise ValueError(f"from_nir: the edge {src} -> {dst} enters or leaves a soft-reset subgraph other than "
+                             f"through its '.in' node and its spiking node; the graph was changed after snnzoo "
+                             f"wrote it")
+        edges.append((group.get(src, src), group.get(dst, dst)))
+    nodes = {n: node for n, node in graph.nodes.items() if group.get(n, n) == n}
+    return nodes, edges
+
+
+def _topological_order(nodes: Dict[str, nir.NIRNode], edges: List[Tuple[str, str]]) -> List[str]:
+    pending = {name: 0 for name in nodes}
+    for _, dst in edges:
         pending[dst] += 1
     ready = [n for n, c in pending.items() if c == 0]
     order = []
     while ready:
         name = ready.pop(0)
         order.append(name)
-        for src, dst in graph.edges:
+        for src, dst in edges:
             if src == name:
                 pending[dst] -= 1
                 if pending[dst] == 0:
                     ready.append(dst)
-    if len(order) != len(graph.nodes):
-        raise ValueError("from_nir: the graph has a cycle (a recurrent connection); snnzoo's layers are feed-forward")
+    if len(order) != len(nodes):
+        raise ValueError("from_nir: the graph has a cycle (a recurrent connection) that is not a soft-reset neuron "
+                         "snnzoo wrote; snnzoo's layers are feed-forward")
     return order
 
 

@@ -3,9 +3,13 @@
     snnzoo-export sew_resnet_nmnist --pretrained --format nir --out sew_nmnist.nir
     snnzoo-export spikformer_4_384_cifar --checkpoint ckpt.safetensors --format onnx --out spikformer.onnx --T 4
     snnzoo-export sew_resnet18 --model-args '{"num_classes": 10}' --input-size 3 64 64 --format onnx --out sew.onnx
+    snnzoo-export qcfs_resnet_cifar --pretrained --convert qcfs --T 8 --format nir --out qcfs_snn.nir
 
-NIR: one time step of one sample in, per-step outputs out (the model's logits are their mean over T); a network NIR
-cannot express (spiking attention, SEW AND / IAND, soft reset) stops with the first such operation named. ONNX: the
+``--convert qcfs`` / ``exact`` writes the spiking network ``snnzoo.conversion.convert(model, None, T, method)`` of a
+QCFS ANN (threshold balancing, ``max`` / ``percentile``, needs calibration images: convert in Python, then call
+``snnzoo.export.to_nir``). NIR: one time step of one sample in, per-step outputs out (the model's logits are their mean
+over T); a network NIR cannot express (spiking attention, SEW AND / IAND, the accumulate-then-fire neurons of
+``exact``) stops with the first such operation named. ONNX: the
 model's usual input (static images ``[B, C, H, W]`` or event frames ``[B, T, C, H, W]``), T unrolled, batch dynamic.
 """
 import argparse
@@ -26,7 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--model-args', default='{}', help="JSON constructor overrides, e.g. '{\"num_classes\": 10}'")
     p.add_argument('--format', required=True, choices=['nir', 'onnx'])
     p.add_argument('--out', required=True, help="the file to write")
-    p.add_argument('--T', type=int, help="time steps a static image is repeated for (default: the model's)")
+    p.add_argument('--convert', choices=['qcfs', 'exact'],
+                   help="export the spiking network converted from this QCFS ANN (snnzoo.conversion.convert)")
+    p.add_argument('--T', type=int, help="time steps a static image is repeated for (default: the model's; with "
+                                         "--convert: the converted network's, default 8)")
     p.add_argument('--input-size', type=int, nargs='+', metavar='N',
                    help="per-sample input shape, e.g. 3 64 64 or (frames) 8 2 34 34 (default: the model's)")
     p.add_argument('--dt', type=float, default=1e-4, help="NIR: the Euler step the neurons are written for")
@@ -41,13 +48,24 @@ def main(argv=None) -> int:
         model_args = json.loads(args.model_args)
     except json.JSONDecodeError as e:
         raise SystemExit(f"snnzoo-export: --model-args is not valid JSON ({e}): {args.model_args!r}")
-    if args.T is not None:
+    if args.T is not None and not args.convert:
         model_args['T'] = args.T
-    model = create_model(args.model, pretrained=args.pretrained, backend='torch', **model_args)
+    if not args.convert:
+        model_args['backend'] = 'torch'
+    model = create_model(args.model, pretrained=args.pretrained, **model_args)
     if args.checkpoint:
         load_checkpoint(model, args.checkpoint)
     model.eval()
     size = args.input_size or (model.pretrained_cfg or {}).get('input_size')
+    if args.convert:
+        if args.format != 'nir':
+            raise SystemExit("snnzoo-export: --convert writes NIR only (torch.export cannot yet trace a converted "
+                             "network's input check); use --format nir")
+        from ..conversion import convert
+        try:
+            model = convert(model, None, args.T or 8, args.convert, backend='torch')
+        except (ValueError, NotImplementedError) as e:
+            raise SystemExit(f"snnzoo-export: cannot convert {args.model}: {e}")
     if size is None:
         raise SystemExit(f"snnzoo-export: {args.model} has no default input size; pass --input-size")
     sample = torch.randn(2, *size)
