@@ -220,40 +220,40 @@ def test_nonzero_reset_and_if_round_trip():
 
 # -------------------------------------------------------------------- soft reset: converted SNNs and snnzoo neurons
 
-def _spikes_by_layer(model: nn.Module, types, T: int) -> dict:
-    """Hooks storing the per-step spikes ``[T, B, ...]`` of every module of ``types`` under its NIR node name."""
+def _record_outputs(modules: dict, T: int) -> dict:
+    """Hooks storing the per-step output ``[T, B, ...]`` of each module of ``modules`` (name -> module) by name."""
     out = {}
-    for name, m in model.named_modules():
-        if isinstance(m, types):
-            m.register_forward_hook(lambda m, i, o, key=name.replace('.', '_'):
-                                    out.__setitem__(key, o.unflatten(0, (T, -1)) if o.shape[0] != T else o))
+    for key, m in modules.items():
+        m.register_forward_hook(lambda m, i, o, key=key:
+                                out.__setitem__(key, o.unflatten(0, (T, -1)) if o.shape[0] != T else o))
     return out
 
 
-def _check_against_snntorch_and_round_trip(model: nn.Module, x: torch.Tensor, frames: torch.Tensor, types,
-                                           tmp_path, capsys) -> tuple:
-    """Export ``model`` (run on ``x``; ``frames [T, B, ...]``: the graph's input at each step), run the graph with
-    snnTorch and, after a file round trip, with from_nir: returns (class agreement with snnTorch, spikes that differ
-    from snnTorch's, spikes in all); asserts that the round trip reproduces every layer's spikes (of the modules of
-    ``types``) and the per-step outputs bit for bit."""
-    T = frames.shape[0]
-    graph = to_nir(model, x[:2])
-    ours = _spikes_by_layer(model, types, T)
-    with torch.no_grad():
-        ref = model(x, return_per_step=True) if x is not frames else model(x)
-    theirs_out, theirs = _snntorch_run(graph, frames)
-    capsys.readouterr()
-    assert set(theirs) >= set(ours) and ours
-    mismatched = sum((s != theirs[k]).sum().item() for k, s in ours.items())
-    total = sum(s.sum().item() for s in ours.values())
+def _check_against_snntorch_and_round_trip(model: nn.Module, x: torch.Tensor, T: int, static: bool, types, tmp_path,
+                                           capsys, chunk: int = 100) -> tuple:
+    """Export ``model`` and run the graph with snnTorch and, after a file round trip, with from_nir, on ``x`` (static
+    images ``[B, ...]``, fed at each of the T steps, or ``[T, B, ...]``), ``chunk`` samples at a time: returns (class
+    agreement with snnTorch, spikes that differ from snnTorch's, spikes in all, over the modules of ``types``);
+    asserts that the round trip reproduces every such layer's spikes and the per-step outputs bit for bit."""
+    graph = to_nir(model, x[:2] if static else x[:, :2])
     nir.write(tmp_path / 'g.nir', graph)
     back = from_nir(tmp_path / 'g.nir')
-    mine = _spikes_by_layer(back.nodes, tuple({type(back.nodes[k]) for k in ours}), T)
-    with torch.no_grad():
-        assert torch.equal(back(frames), ref)
-    assert mine.keys() == ours.keys() and all(torch.equal(s, ours[k]) for k, s in mine.items())
-    agree = (ref.mean(0).argmax(-1) == theirs_out.mean(0).argmax(-1)).float().mean().item()
-    return agree, mismatched, total
+    layers = {n.replace('.', '_'): m for n, m in model.named_modules() if isinstance(m, types)}
+    ours, mine = _record_outputs(layers, T), _record_outputs({k: back.nodes[k] for k in layers}, T)
+    agree = mismatched = total = 0
+    for i in range(0, x.shape[0 if static else 1], chunk):
+        xb = x[i:i + chunk] if static else x[:, i:i + chunk]
+        frames = xb.unsqueeze(0).expand(T, *xb.shape) if static else xb
+        with torch.no_grad():
+            ref = model(xb, return_per_step=True) if static else model(xb)
+            assert torch.equal(back(frames), ref)
+        assert layers and all(torch.equal(s, ours[k]) for k, s in mine.items())
+        theirs_out, theirs = _snntorch_run(graph, frames)
+        capsys.readouterr()
+        mismatched += sum((s != theirs[k]).sum().item() for k, s in ours.items())
+        total += sum(s.sum().item() for s in ours.values())
+        agree += (ref.mean(0).argmax(-1) == theirs_out.mean(0).argmax(-1)).sum().item()
+    return agree / x.shape[0 if static else 1], mismatched, total
 
 
 @pytest.fixture(scope='module')
@@ -307,8 +307,8 @@ def test_converted_snns_on_cifar10_run_by_snntorch(cifar_test_images, tmp_path, 
     report = []
     for name, model in (('qcfs', convert(ann, None, 8, 'qcfs', backend='torch')),
                         ('percentile', convert(small, x[:16], 8, 'percentile', channelwise=True, backend='torch'))):
-        agree, mismatched, total = _check_against_snntorch_and_round_trip(
-            model, x, x.unsqueeze(0).expand(8, *x.shape), ThresholdIF, tmp_path, capsys)
+        agree, mismatched, total = _check_against_snntorch_and_round_trip(model, x, 8, True, ThresholdIF, tmp_path,
+                                                                          capsys)
         report.append(f"{name}: {len(x)} CIFAR-10 test images, {agree:.4f} class agreement, {mismatched} of "
                       f"{total:.0f} spikes differ")
         assert total > 1000 and mismatched <= 1e-4 * total and agree >= 0.995, report[-1]
@@ -334,7 +334,7 @@ def test_soft_reset_neurons_run_by_snntorch(neuron, tmp_path, capsys):
         if isinstance(m, nn.Conv2d):
             m.weight.data.mul_(3)
     x = (torch.rand(6, 4, 2, 16, 16) < 0.5).float()
-    _, mismatched, total = _check_against_snntorch_and_round_trip(net, x, x, BaseNode, tmp_path, capsys)
+    _, mismatched, total = _check_against_snntorch_and_round_trip(net, x, 6, False, BaseNode, tmp_path, capsys)
     assert total > 100 and mismatched <= max(1, 1e-4 * total)
     if isinstance(net[1], IFNode):
         assert mismatched == 0
