@@ -16,10 +16,20 @@ from typing import Optional
 
 import torch
 
-__all__ = ['is_available', 'unusable', 'usable_for_auto', 'require', 'neuron_multistep']
+__all__ = ['is_available', 'unusable', 'usable_for_auto', 'require', 'neuron_multistep', 'empty_steps']
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _CUPY_INSTALLED = importlib.util.find_spec('cupy') is not None
+
+
+def empty_steps(x: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """An uninitialised ``[T, ...]`` tensor like ``x``: T outermost, each step dense in the layout of ``x[0]`` (e.g.
+    channels-last frames; contiguous when that step is not dense). Both backends write their outputs into it."""
+    dtype = x.dtype if dtype is None else dtype
+    if x.shape[0] == 0:
+        return x.new_empty(x.shape, dtype=dtype)
+    step = torch.empty_like(x[0], dtype=dtype)
+    return torch.empty_strided(x.shape, (step.numel(), *step.stride()), dtype=dtype, device=x.device)
 
 
 def _cupy_installed() -> bool:

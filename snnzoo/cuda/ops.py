@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import kernels
+from . import empty_steps, kernels
 from .kernels import CHARGES
 
 __all__ = ['multistep', 'neuron_fwd', 'neuron_bwd', 'fwd_launch', 'bwd_launch', 'flags', 'launch_config', 'Launch',
@@ -65,16 +65,6 @@ def launch_config(n: int, dtype: torch.dtype, tensors, block: int = BLOCK) -> La
            and all(t is None or t.data_ptr() % 16 == 0 for t in tensors))
     threads = n // width if vec else n
     return Launch(vec, (threads + block - 1) // block, block)
-
-
-def empty_steps(x: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
-    """An uninitialised ``[T, ...]`` tensor like ``x``: T outermost, each step dense in the layout of ``x[0]`` (the
-    torch backend's rule; contiguous when that step is not dense)."""
-    dtype = x.dtype if dtype is None else dtype
-    if x.shape[0] == 0:
-        return x.new_empty(x.shape, dtype=dtype)
-    step = torch.empty_like(x[0], dtype=dtype)
-    return torch.empty_strided(x.shape, (step.numel(), *step.stride()), dtype=dtype, device=x.device)
 
 
 def _state(seq: Tensor) -> Tensor:

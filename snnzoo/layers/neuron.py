@@ -28,6 +28,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from ..cuda import empty_steps
 from .saved_spikes import register_spikes
 from .surrogate import default_alpha, surrogate_grad_, surrogate_id
 
@@ -104,12 +105,6 @@ def _fire_and_reset(cfg: NeuronConfig, h: torch.Tensor, s: torch.Tensor, v: torc
             v.add_(s, alpha=cfg.v_reset)                         # ... + V_reset S
 
 
-def _empty_steps(x: torch.Tensor) -> torch.Tensor:
-    """An uninitialised ``[T, ...]`` tensor like ``x``: T outermost, each step dense in the layout of ``x[0]``."""
-    step = torch.empty_like(x[0])
-    return torch.empty_strided(x.shape, (step.numel(), *step.stride()), dtype=x.dtype, device=x.device)
-
-
 class _MultiStepNeuron(torch.autograd.Function):
     """(x [T, ...], v0 [...] or None, k 0-dim tensor or None) -> (spikes [T, ...], V[T] [...], H [T, ...]).
 
@@ -121,7 +116,7 @@ class _MultiStepNeuron(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, v0, k, cfg: NeuronConfig):
-        h_seq = _empty_steps(x)
+        h_seq = empty_steps(x)
         s_seq = torch.empty_like(h_seq)
         tau = torch.tensor(cfg.tau, dtype=x.dtype, device=x.device) if k is None else None
         v = torch.empty_like(h_seq[0])
