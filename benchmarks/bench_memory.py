@@ -8,8 +8,10 @@ each T, one process builds every variant and measures, on a fixed random batch:
   and comparable between variants of one process);
 - ``kept_mb``: the bytes a training forward leaves allocated for the backward (BPTT-like variants only: the per-step
   modes never hold more than one step's graph);
-- ``step_ms``: the median step time, the variants' steps interleaved (round robin) so that the load of a shared
-  machine hits all of them alike.
+- ``step_ms`` / ``step_cpu_ms``: the median wall time / process CPU time of a step, the variants' steps interleaved
+  (round robin) so that the load of a shared machine hits all of them alike. With one torch thread
+  (``OMP_NUM_THREADS=1``) the CPU time is the step's compute, unaffected by the time other jobs hold the core: the
+  ratio to compare on a shared machine.
 
 Variants: snnzoo ``bptt`` / ``exact`` / ``sltt`` (and ``ottt`` where it applies, i.e. not on spike x spike attention),
 SpikingJelly's model plain (``sj``) and with ``memopt.optimize_memory(level=1)`` (``sj_memopt``: checkpointing of its
@@ -19,7 +21,7 @@ SLTT / OTTT neurons are single-step nodes for its online VGG and cannot run its 
 A projection to the papers' setting (224x224, batch 64 per GPU, T = 4 and 16) scales the measured kept bytes per
 sample and step by the area ratio and adds weights, gradients and AdamW's two moments (16 bytes per parameter).
 
-    python benchmarks/bench_memory.py [--cases sew_resnet18@64] [--T 1 4 8 16] [--batch 2] [--steps 3] [--no-warmup]
+    python benchmarks/bench_memory.py [--cases sew_resnet18@64] [--T 1 4 8 16] [--batch 4] [--steps 3] [--no-warmup]
     python benchmarks/bench_memory.py --merge a/bench_memory_cpu.json b/bench_memory_cpu.json
 """
 import argparse
@@ -121,11 +123,11 @@ def measure(case: str, T: int, batch: int, steps: int, warmup: bool = True, kept
     times = {name: [] for name in runs}
     for _ in range(steps):
         for name, (step, _) in runs.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             step(x, y)
-            times[name].append(time.perf_counter() - t0)
+            times[name].append((time.perf_counter() - t0, time.process_time() - c0))
     for name in runs:
-        row[name]['step_ms'] = 1e3 * statistics.median(times[name])
+        row[name]['step_ms'], row[name]['step_cpu_ms'] = (1e3 * statistics.median(t) for t in zip(*times[name]))
     return row
 
 
@@ -178,7 +180,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--cases', nargs='+', default=list(DEFAULT_CASES), choices=list(CASES), metavar='CASE')
     parser.add_argument('--T', nargs='+', type=int, default=[1, 4, 8, 16])
-    parser.add_argument('--batch', type=int, default=2)
+    parser.add_argument('--batch', type=int, default=1, help='images per step (results of batch b > 1 go to '
+                        'bench_memory*_b<b>_cpu.json)')
     parser.add_argument('--steps', type=int, default=3, help='timed steps per variant (after one warm-up)')
     parser.add_argument('--no-warmup', action='store_true', help='measure the first step (cheaper; the peak then '
                         'includes allocating the gradients, the same bytes for every variant)')
@@ -199,7 +202,7 @@ def main():
                                                                  args.kept_only))
             rows.append(row)
             print(f"{case:24} T={T:2} " + ' | '.join(
-                f"{k} " + ' '.join(f"{m} {v[m]:.1f}" for m in ('peak_mb', 'kept_mb', 'step_ms') if m in v)
+                f"{k} " + ' '.join(f"{m} {v[m]:.1f}" for m in ('peak_mb', 'kept_mb', 'step_ms', 'step_cpu_ms') if m in v)
                 for k, v in row.items() if isinstance(v, dict)), flush=True)
     for row in rows:
         if row['batch'] != rows[0]['batch']:
@@ -207,8 +210,8 @@ def main():
     projection = project(rows, rows[0]['batch'])
     for name, p in projection.items():
         print(name, {mode: {k: round(v, 1) for k, v in g.items()} for mode, g in p['gib'].items()}, 'GiB')
-    stem = 'bench_memory_cpu' if any('peak_mb' in v for r in rows for v in r.values() if isinstance(v, dict)) \
-        else 'bench_memory_kept_cpu'
+    stem = 'bench_memory' + ('' if any('peak_mb' in v for r in rows for v in r.values() if isinstance(v, dict))
+                             else '_kept') + ('' if rows[0]['batch'] == 1 else f"_b{rows[0]['batch']}") + '_cpu'
     plot(rows, Path(args.out) / f'{stem}.png')
     write_result(args.out, f'{stem}.json', 'bench_memory', machine(), versions=dict(torch=torch.__version__),
                  step='forward + CE + backward (no optimizer step), CPU float32', steps=args.steps,
