@@ -378,8 +378,9 @@ def to_nir(model: nn.Module, sample: torch.Tensor, dt: float = DT,
            input_shape: Optional[Sequence[int]] = None) -> nir.NIRGraph:
     """The NIR graph of ``model`` (see the module docstring), found by running it once on ``sample``.
 
-    ``sample``: the model's usual input (``[B, C, H, W]`` images, ``[B, T, C, H, W]`` frames, or ``[T, B, ...]`` for a
-    multi-step ``nn.Sequential``); ``input_shape`` overrides the per-step input shape inferred from it. Models whose
+    ``sample``: the model's usual input (``[B, C, H, W]`` images, also for a converted network
+    (:class:`snnzoo.conversion.ConvertedSNN`), ``[B, T, C, H, W]`` frames, or ``[T, B, ...]`` for a multi-step
+    ``nn.Sequential``); ``input_shape`` overrides the per-step input shape inferred from it. Models whose
     ``forward`` takes ``return_per_step`` are traced with it, so that the graph ends in per-step outputs. Raises
     :class:`NIRExportError` naming the first module or operation NIR cannot express.
     """
