@@ -352,9 +352,9 @@ def _noncausal_help(name: str, module: nn.Module) -> str:
         return (f"{name} (BurstIF, conversion method 'exact') fires only after integrating its whole input window "
                 f"(accumulate-then-fire): its spike at step t depends on later inputs, which no NIR graph of one time "
                 f"step can express. Convert with method='qcfs' (the same thresholds, IF neurons that fire as they "
-                f"integrate) to export to NIR, or export the exact network with to_onnx")
-    return (f"{name} ({kind}) has no NIR export (NIR exports the converted networks' ThresholdIF neurons: convert "
-            f"with the default neurons, e.g. signed=False), or export it with to_onnx")
+                f"integrate) to export to NIR")
+    return (f"{name} ({kind}) has no NIR export; NIR exports the converted networks' ThresholdIF neurons: convert "
+            f"with the default neurons (e.g. signed=False)")
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
