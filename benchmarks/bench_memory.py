@@ -38,6 +38,7 @@ from _results import DEFAULT_OUT, machine, write_result
 from bench_models import CASES, build
 
 VARIANTS = ('bptt', 'exact', 'sltt', 'ottt', 'sj', 'sj_memopt')
+METRICS = ('peak_mb', 'kept_mb', 'step_ms', 'step_cpu_ms')
 DEFAULT_CASES = ('spikformer_4_384_cifar', 'sdt_8_384@64', 'qkformer_10_384@64', 'sew_resnet18@64')
 PROJECTED = {'sdt_8_384': 'sdt_8_384@64', 'meta_spikeformer_8_384': 'meta_spikeformer_8_384@64'}
 CASES.setdefault('meta_spikeformer_8_384@64',   # SpikingJelly has no Meta-SpikeFormer
@@ -202,7 +203,7 @@ def main():
                                                                  args.kept_only))
             rows.append(row)
             print(f"{case:24} T={T:2} " + ' | '.join(
-                f"{k} " + ' '.join(f"{m} {v[m]:.1f}" for m in ('peak_mb', 'kept_mb', 'step_ms', 'step_cpu_ms') if m in v)
+                f"{k} " + ' '.join(f"{m} {v[m]:.1f}" for m in METRICS if m in v)
                 for k, v in row.items() if isinstance(v, dict)), flush=True)
     for row in rows:
         if row['batch'] != rows[0]['batch']:
@@ -212,6 +213,7 @@ def main():
         print(name, {mode: {k: round(v, 1) for k, v in g.items()} for mode, g in p['gib'].items()}, 'GiB')
     stem = 'bench_memory' + ('' if any('peak_mb' in v for r in rows for v in r.values() if isinstance(v, dict))
                              else '_kept') + ('' if rows[0]['batch'] == 1 else f"_b{rows[0]['batch']}") + '_cpu'
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     plot(rows, Path(args.out) / f'{stem}.png')
     write_result(args.out, f'{stem}.json', 'bench_memory', machine(), versions=dict(torch=torch.__version__),
                  step='forward + CE + backward (no optimizer step), CPU float32', steps=args.steps,
