@@ -386,6 +386,8 @@ def test_inexpressible_operations_are_named():
     ann = snnzoo.create_model('qcfs_resnet_cifar', widths=(4, 8), layers=(1, 1), stem_width=4, L=4).eval()
     with pytest.raises(NIRExportError, match=r"body\.neuron0 \(BurstIF, conversion method 'exact'\).*method='qcfs'"):
         to_nir(convert(ann, None, T=4, method='exact'), torch.rand(2, 3, 8, 8))
+    with pytest.raises(NIRExportError, match=r"body\.neuron0 \(SignedIF\) has no NIR export.*signed=False"):
+        to_nir(convert(ann, None, T=4, method='qcfs', signed=True), torch.rand(2, 3, 8, 8))
     real_max = nn.Sequential(MultiStep(nn.Conv2d(2, 2, 3), nn.MaxPool2d(2)), LIFNode())
     with pytest.raises(NIRExportError, match='MaxPool2d 0.1 of real values'):
         to_nir(real_max, torch.randn(2, 1, 2, 8, 8))
