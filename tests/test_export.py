@@ -433,6 +433,26 @@ def test_onnx_matches_eager_with_dynamic_batch(family, tmp_path):
         np.testing.assert_allclose(out, ref.numpy(), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize('kw', [dict(method='qcfs', signed=True), dict(method='exact')], ids=['signed', 'exact'])
+def test_converted_snn_to_onnx(kw, tmp_path):
+    """A converted network (signed IF or accumulate-then-fire neurons; the IF neurons of 'qcfs' are snnzoo's IFNode,
+    exported in every family) as ONNX: onnxruntime's logits at batch 1 and 5 within 1e-5 of eager (the input check is
+    skipped while exporting, as in every family)."""
+    from snnzoo.conversion import convert
+    torch.manual_seed(0)
+    ann = _randomise_bn(snnzoo.create_model('qcfs_resnet_cifar', widths=(4, 8), layers=(1, 1), stem_width=4, L=4,
+                                            num_classes=5)).eval()
+    snn = convert(ann, None, T=4, backend='torch', **kw)
+    path = to_onnx(snn, tmp_path / 'snn.onnx', sample=torch.randn(2, 3, 16, 16))
+    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    for batch in (1, 5):
+        x = torch.randn(batch, 3, 16, 16)
+        with torch.no_grad():
+            ref = snn(x)
+        out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        np.testing.assert_allclose(out, ref.numpy(), atol=1e-5, rtol=0)
+
+
 def test_torch_export_with_gradients():
     """A training program (train-mode BatchNorm, surrogate gradients): its parameter gradients equal eager's."""
     torch.manual_seed(0)

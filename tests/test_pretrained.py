@@ -160,9 +160,9 @@ CONVERTED = [w for w in MANIFEST if w.get('conversion')]
 
 @pytest.mark.parametrize('entry', CONVERTED, ids=[w['model'] for w in CONVERTED])
 def test_converted_snn_matches_manifest(entry, tmp_path_factory):
-    """The published QCFS ANN converted to IF neurons (snnzoo.conversion, no calibration data needed): the 'qcfs' SNN
-    reproduces the manifest's accuracy on its re-check images, and the exact mode at T = L predicts what the ANN
-    predicts, image by image."""
+    """The published QCFS ANN converted to IF neurons (snnzoo.conversion, no calibration data needed): the 'qcfs' SNN,
+    plain and with signed neurons, reproduces the manifest's accuracy on its re-check images, and the exact mode at
+    T = L predicts what the ANN predicts, image by image."""
     from conftest import shared_path
     from snnzoo.conversion import convert
     from snnzoo.train.ann2snn import evenly_spaced
@@ -175,9 +175,11 @@ def test_converted_snn_matches_manifest(entry, tmp_path_factory):
     ann = snnzoo.create_model(entry['model'], pretrained=True).eval()
     with torch.no_grad():
         ann_pred = torch.cat([ann(b).argmax(-1) for b in x.split(250)])
-        snn = convert(ann, None, T=conv['T'], method=conv['method'])
-        snn_pred = torch.cat([snn(b).argmax(-1) for b in x.split(250)])
-        exact = convert(ann, None, T=conv['exact_T'], method='exact')
-        exact_pred = torch.cat([exact(b).argmax(-1) for b in x.split(250)])
-    assert f"{(snn_pred == y).double().mean().item():.4f}" == f"{conv['recheck_acc']:.4f}"
-    assert torch.equal(exact_pred, ann_pred)
+        pred = {}
+        for name, snn in (('plain', convert(ann, None, T=conv['T'], method=conv['method'])),
+                          ('signed', convert(ann, None, T=conv['T'], method=conv['method'], signed=True)),
+                          ('exact', convert(ann, None, T=conv['exact_T'], method='exact'))):
+            pred[name] = torch.cat([snn(b).argmax(-1) for b in x.split(16)])  # small batches: [T*B, ...] in cache
+    assert f"{(pred['plain'] == y).double().mean().item():.4f}" == f"{conv['recheck_acc']:.4f}"
+    assert f"{(pred['signed'] == y).double().mean().item():.4f}" == f"{conv['signed_recheck_acc']:.4f}"
+    assert torch.equal(pred['exact'], ann_pred)

@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..layers.qcfs import QCFS
+from ..layers.temporal import check_finite
 from .calibration import Batches, activation_scales, calibration_batches
 from .neurons import BurstIF, RepeatSteps, SignedIF, SpikeScale, ThresholdIF
 
@@ -70,8 +71,7 @@ class ConvertedSNN(nn.Module):
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             raise TypeError(f"ConvertedSNN expects a floating-point tensor [B, ...] (the ANN's input), "
                             f"got {type(x).__name__}{'' if not isinstance(x, torch.Tensor) else ' ' + str(x.dtype)}")
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("ConvertedSNN: the input contains NaN or infinite values")
+        check_finite(x, 'ConvertedSNN input')  # NonFiniteInputError on the CPU; skipped while exporting
         out = self.body(x).unflatten(0, (self.T, x.shape[0]))
         return out if return_per_step else out.mean(0)
 

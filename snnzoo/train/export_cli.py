@@ -4,6 +4,7 @@
     snnzoo-export spikformer_4_384_cifar --checkpoint ckpt.safetensors --format onnx --out spikformer.onnx --T 4
     snnzoo-export sew_resnet18 --model-args '{"num_classes": 10}' --input-size 3 64 64 --format onnx --out sew.onnx
     snnzoo-export qcfs_resnet_cifar --pretrained --convert qcfs --T 8 --format nir --out qcfs_snn.nir
+    snnzoo-export qcfs_resnet_cifar --pretrained --convert exact --T 8 --format onnx --out qcfs_exact.onnx
 
 ``--convert qcfs`` / ``exact`` writes the spiking network ``snnzoo.conversion.convert(model, None, T, method)`` of a
 QCFS ANN (threshold balancing, ``max`` / ``percentile``, needs calibration images: convert in Python, then call
@@ -58,9 +59,6 @@ def main(argv=None) -> int:
     model.eval()
     size = args.input_size or (model.pretrained_cfg or {}).get('input_size')
     if args.convert:
-        if args.format != 'nir':
-            raise SystemExit("snnzoo-export: --convert writes NIR only (torch.export cannot yet trace a converted "
-                             "network's input check); use --format nir")
         from ..conversion import convert
         try:
             model = convert(model, None, args.T or 8, args.convert, backend='torch')
