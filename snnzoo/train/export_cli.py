@@ -10,8 +10,8 @@
 QCFS ANN (threshold balancing, ``max`` / ``percentile``, needs calibration images: convert in Python, then call
 ``snnzoo.export.to_nir``). NIR: one time step of one sample in, per-step outputs out (the model's logits are their mean
 over T); a network NIR cannot express (spiking attention, SEW AND / IAND, the accumulate-then-fire neurons of
-``exact``) stops with the first such operation named. ONNX: the
-model's usual input (static images ``[B, C, H, W]`` or event frames ``[B, T, C, H, W]``), T unrolled, batch dynamic.
+``exact``) stops with the first such operation named. ONNX: the model's usual input (static images ``[B, C, H, W]`` or
+event frames ``[B, T, C, H, W]``), T unrolled, batch dynamic.
 """
 import argparse
 import json
