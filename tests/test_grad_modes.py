@@ -1,5 +1,6 @@
 """Gradient modes (snnzoo.layers.grad_modes): exact mode against plain BPTT on every family's reference fixture, SLTT
 and OTTT against their rules written out by hand in float64, memory relations measured in one run, and bad input."""
+import copy
 import random
 import sys
 from pathlib import Path
@@ -224,6 +225,33 @@ def test_ottt_equals_hand_written_rule(binary_input):
         assert (grads[n] - ref[n]).abs().max() <= 1e-12, n
     sltt = _reference_step_rule(model, x, y, chosen=set(range(5)))
     assert (sltt['head.weight'] - grads['head.weight']).abs().max() > 1e-6   # the traces do change the gradient
+
+
+@pytest.mark.parametrize('mode', ['sltt', 'ottt'])
+def test_sequence_batchnorm_statistics_reproduce_bptt_forward(mode):
+    """bn_stats='sequence' (float64, a SEW-ResNet with BatchNorm after every conv, T=3): the per-step pass's logits
+    equal BPTT's forward and the BatchNorm running buffers end equal to BPTT's (one update per batch); per-step
+    statistics ('step', the default) give other logits and T updates."""
+    torch.manual_seed(0)
+    model = snnzoo.create_model('sew_resnet_gesture', num_classes=4, in_chans=1, img_size=16, channels=[4, 8],
+                                connect_f='ADD', T=3).double().train()
+    x, y = torch.randn(4, 1, 16, 16, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
+    bptt = copy.deepcopy(model)
+    with torch.no_grad():
+        ref = bptt(x)
+    outs = {}
+    for stats in ('sequence', 'step'):
+        m = copy.deepcopy(model)
+        set_grad_mode(m, mode, bn_stats=stats)
+        outs[stats], _ = forward_backward(m, x, y, F.cross_entropy)
+        buffers = dict(m.named_buffers())
+        same = all(torch.allclose(b, buffers[n], rtol=0, atol=1e-12) for n, b in bptt.named_buffers())
+        assert same == (stats == 'sequence'), stats
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in m.named_parameters() if 'head' in n)
+    assert (outs['sequence'] - ref).abs().max() <= 1e-12
+    assert (outs['step'] - ref).abs().max() > 1e-3
+    with pytest.raises(ValueError, match=r"valid values are \['step', 'sequence'\]"):
+        set_grad_mode(model, 'sltt', bn_stats='batch')
 
 
 def test_memory_relations_in_one_run():
