@@ -3,16 +3,19 @@ and seed under BPTT and the per-step modes, with their BatchNorm statistics per 
 
 Variants (Fashion-MNIST, the ``fashion_mnist`` recipe's SEW-ResNet of 16 / 32 channels, PLIF, T=2, batch 64, AdamW
 2e-3, label smoothing 0.1): BPTT with the loss on the mean output; BPTT with the per-step loss (the loss the per-step
-modes use); a per-step forward that keeps the temporal gradient (one backward at the end) but normalises each step
-alone; SLTT and OTTT with ``bn_stats='step'`` and ``'sequence'``. Test accuracy on 2,000 test images (every 5th).
+modes use); BPTT with every BatchNorm's batch statistics taken as constants (no gradient through them); a per-step
+forward that keeps the temporal gradient (one backward at the end) but normalises each step alone; SLTT and OTTT with
+``bn_stats='step'`` and ``'sequence'``. Test accuracy on 2,000 test images (every 5th).
 
     python benchmarks/bench_grad_mode_accuracy.py [--steps 300] [--data ../shared/data/fashion-mnist]
 """
 import argparse
+import functools
 import time
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import snnzoo
 from snnzoo.data import build_dataset, build_transforms
@@ -28,6 +31,14 @@ def per_step_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return sum(CE(o, y) for o in out) / out.shape[0]
 
 
+def _constant_statistics(bn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A training BatchNorm whose batch mean / variance carry no gradient (running statistics updated as usual)."""
+    var, mean = torch.var_mean(x.detach(), dim=[0] + list(range(2, x.dim())), unbiased=False)
+    with torch.no_grad():
+        F.batch_norm(x, bn.running_mean, bn.running_var, None, None, True, bn.momentum, bn.eps)
+    return F.batch_norm(x, mean, var, bn.weight, bn.bias, False, 0.0, bn.eps)
+
+
 def stepwise_bptt(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
     """The per-step forward (per-step BatchNorm statistics) with the membrane kept in the graph: one backward."""
     T = model.T
@@ -36,9 +47,12 @@ def stepwise_bptt(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
         (sum(CE(o, y) for o in outs) / len(outs)).backward()
 
 
+# name -> (grad mode, its options, how a step runs: forward_backward with the loss on the 'mean' output or the
+# 'per_step' loss; 'constant_statistics' BatchNorms; the 'stepwise' forward above)
 VARIANTS = {
     'bptt': ('bptt', {}, 'mean'),
     'bptt, per-step loss': ('bptt', {}, 'per_step'),
+    'bptt, BatchNorm statistics as constants': ('bptt', {}, 'constant_statistics'),
     'per-step forward, temporal gradient kept, per-step BN': ('bptt', {}, 'stepwise'),
     'sltt, bn_stats=step': ('sltt', {'bn_stats': 'step'}, 'mean'),
     'sltt, bn_stats=sequence': ('sltt', {'bn_stats': 'sequence'}, 'mean'),
@@ -62,11 +76,15 @@ def main():
     x_test = torch.stack([test[i][0] for i in range(0, len(test), 5)])
     y_test = torch.tensor([test[i][1] for i in range(0, len(test), 5)])
     rows = {}
-    for name, (mode, opts, loss) in VARIANTS.items():
+    for name, (mode, opts, how) in VARIANTS.items():
         torch.manual_seed(42)
         model = snnzoo.create_model('sew_resnet_gesture', num_classes=10, in_chans=1, img_size=28, channels=[16, 32],
                                     connect_f='ADD', T=2).train()
         model.set_grad_mode(mode, **opts)
+        if how == 'constant_statistics':
+            for bn in model.modules():
+                if isinstance(bn, nn.BatchNorm2d):
+                    bn.forward = functools.partial(_constant_statistics, bn)
         opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
         start = time.process_time()
         for s in range(args.steps):
@@ -74,13 +92,15 @@ def main():
             x = torch.stack([train[i][0] for i in idx])
             y = torch.tensor([train[i][1] for i in idx])
             opt.zero_grad()
-            if loss == 'stepwise':
+            if how == 'stepwise':
                 stepwise_bptt(model, x, y)
             else:
-                forward_backward(model, x, y, per_step_loss if loss == 'per_step' else CE,
-                                 per_step_output=loss == 'per_step')
+                forward_backward(model, x, y, per_step_loss if how == 'per_step' else CE,
+                                 per_step_output=how == 'per_step')
             opt.step()
         model.eval()
+        for m in model.modules():
+            m.__dict__.pop('forward', None)
         with torch.no_grad():
             correct = sum(int((model(x_test[i:i + 500]).argmax(-1) == y_test[i:i + 500]).sum())
                           for i in range(0, len(x_test), 500))

@@ -13,7 +13,9 @@ each T, one process builds every variant and measures, on a fixed random batch:
   (``OMP_NUM_THREADS=1``) the CPU time is the step's compute, unaffected by the time other jobs hold the core: the
   ratio to compare on a shared machine.
 
-Variants: snnzoo ``bptt`` / ``exact`` / ``sltt`` (and ``ottt`` where it applies, i.e. not on spike x spike attention),
+Variants: snnzoo ``bptt`` / ``exact`` / ``sltt`` (and ``ottt`` where it applies, i.e. not on spike x spike attention)
+with per-step BatchNorm statistics (``bn_stats='step'``), ``sltt_seq`` / ``ottt_seq`` with statistics over the sequence
+(``bn_stats='sequence'``, the default: one more ``no_grad`` forward over all T steps),
 SpikingJelly's model plain (``sj``) and with ``memopt.optimize_memory(level=1)`` (``sj_memopt``: checkpointing of its
 blocks with 1-bit spike compression; levels 2-4 search with CUDA memory statistics and need a GPU). SpikingJelly's own
 SLTT / OTTT neurons are single-step nodes for its online VGG and cannot run its multi-step zoo models: not measured.
@@ -37,7 +39,7 @@ import torch.nn.functional as F
 from _results import DEFAULT_OUT, machine, write_result
 from bench_models import CASES, build
 
-VARIANTS = ('bptt', 'exact', 'sltt', 'ottt', 'sj', 'sj_memopt')
+VARIANTS = ('bptt', 'exact', 'sltt', 'sltt_seq', 'ottt', 'ottt_seq', 'sj', 'sj_memopt')
 METRICS = ('peak_mb', 'kept_mb', 'step_ms', 'step_cpu_ms')
 DEFAULT_CASES = ('spikformer_4_384_cifar', 'sdt_8_384@64', 'qkformer_10_384@64', 'sew_resnet18@64')
 PROJECTED = {'sdt_8_384': 'sdt_8_384@64', 'meta_spikeformer_8_384': 'meta_spikeformer_8_384@64'}
@@ -67,22 +69,23 @@ def kept_after_forward(fn) -> int:
     return sum(e.self_cpu_memory_usage for e in prof.events())
 
 
-def variants(case: str, T: int, num_classes: int = 10) -> dict:
-    """name -> (step(x, y), forward(x) or None): the training steps compared for ``case`` at ``T``."""
+def variants(case: str, T: int, names=VARIANTS, num_classes: int = 10) -> dict:
+    """name -> (step(x, y), forward(x) or None): the training steps of ``names`` that apply to ``case`` at ``T``."""
     from snnzoo.layers.grad_modes import forward_backward, set_grad_mode, spike_product_modules
     zoo, forward, _ = build('snnzoo', case, num_classes, T)
     out = {}
-    modes = ['bptt', 'exact', 'sltt']
-    if not any(isinstance(m, spike_product_modules()) for m in zoo.modules()):
-        modes.append('ottt')
-    for mode in modes:
-        model = set_grad_mode(copy.deepcopy(zoo).train(), mode)
-        out[mode] = (lambda x, y, m=model: forward_backward(m, x, y, F.cross_entropy),
-                     None if mode in ('sltt', 'ottt') else model)
-    if not CASES[case][1][0]:
+    attention = any(isinstance(m, spike_product_modules()) for m in zoo.modules())
+    for name in names:
+        mode, per_step = name.split('_')[0], name.startswith(('sltt', 'ottt'))
+        if name.startswith('sj') or (mode == 'ottt' and attention):
+            continue
+        opts = {'bn_stats': 'sequence' if name.endswith('_seq') else 'step'} if per_step else {}
+        model = set_grad_mode(copy.deepcopy(zoo).train(), mode, **opts)
+        out[name] = (lambda x, y, m=model: forward_backward(m, x, y, F.cross_entropy), None if per_step else model)
+    if not CASES[case][1][0] or not any(name.startswith('sj') for name in names):
         return out
     from spikingjelly.activation_based import memopt
-    for name in ('sj', 'sj_memopt'):
+    for name in [name for name in ('sj', 'sj_memopt') if name in names]:
         model, forward, reset = build('spikingjelly', case, num_classes, T)
         model.train()
         if name == 'sj_memopt':
@@ -106,10 +109,11 @@ def _block_types(model: torch.nn.Module) -> tuple:
     return tuple(kinds)
 
 
-def measure(case: str, T: int, batch: int, steps: int, warmup: bool = True, kept_only: bool = False) -> dict:
+def measure(case: str, T: int, batch: int, steps: int, warmup: bool = True, kept_only: bool = False,
+            names=VARIANTS) -> dict:
     torch.manual_seed(0)
     x, y = torch.randn(batch, *CASES[case][2]), torch.randint(0, 10, (batch,))
-    runs = variants(case, T)
+    runs = variants(case, T, names)
     row = {}
     for name, (step, forward) in runs.items():
         row[name] = {}
@@ -188,6 +192,8 @@ def main():
                         'includes allocating the gradients, the same bytes for every variant)')
     parser.add_argument('--kept-only', action='store_true', help='only the bytes kept after a training forward '
                         '(no step, no timing: the cheap way to see memory versus T)')
+    parser.add_argument('--variants', nargs='+', default=list(VARIANTS), choices=VARIANTS,
+                        help='measure these only (results then go to bench_memory*_<variants>_cpu.json)')
     parser.add_argument('--merge', nargs='+', metavar='JSON', help='combine the rows of earlier runs (e.g. one '
                         'process per case run side by side) instead of measuring; the batch must match')
     parser.add_argument('--out', default=DEFAULT_OUT)
@@ -200,7 +206,7 @@ def main():
     for case in [] if args.merge else args.cases:
         for T in args.T:
             row = dict(case=case, T=T, batch=args.batch, **measure(case, T, args.batch, args.steps, not args.no_warmup,
-                                                                 args.kept_only))
+                                                                 args.kept_only, args.variants))
             rows.append(row)
             print(f"{case:24} T={T:2} " + ' | '.join(
                 f"{k} " + ' '.join(f"{m} {v[m]:.1f}" for m in METRICS if m in v)
@@ -212,7 +218,8 @@ def main():
     for name, p in projection.items():
         print(name, {mode: {k: round(v, 1) for k, v in g.items()} for mode, g in p['gib'].items()}, 'GiB')
     stem = 'bench_memory' + ('' if any('peak_mb' in v for r in rows for v in r.values() if isinstance(v, dict))
-                             else '_kept') + ('' if rows[0]['batch'] == 1 else f"_b{rows[0]['batch']}") + '_cpu'
+                             else '_kept') + ('' if rows[0]['batch'] == 1 else f"_b{rows[0]['batch']}") \
+        + ('' if args.merge or set(args.variants) == set(VARIANTS) else '_' + '_'.join(args.variants)) + '_cpu'
     Path(args.out).mkdir(parents=True, exist_ok=True)
     plot(rows, Path(args.out) / f'{stem}.png')
     write_result(args.out, f'{stem}.json', 'bench_memory', machine(), versions=dict(torch=torch.__version__),

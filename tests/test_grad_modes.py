@@ -89,26 +89,29 @@ def test_exact_mode_keeps_dropout_and_drop_path_randomness():
 
 
 class TinySNN(nn.Module):
-    """Linear -> LIF -> Linear -> LIF -> Linear readout, averaged over T; ``x`` a static image ``[B, 1, 2, 3]``
-    (repeated T times) or frames ``[B, T, 1, 2, 3]``, flattened to 6 features."""
+    """Linear -> (BatchNorm) -> LIF -> Linear -> LIF -> Linear readout, averaged over T; ``x`` a static image
+    ``[B, 1, 2, 3]`` (repeated T times) or frames ``[B, T, 1, 2, 3]``, flattened to 6 features."""
 
-    def __init__(self, T: int):
+    def __init__(self, T: int, bn: bool = False):
         super().__init__()
         self.T = T
         self.fc1, self.lif1 = nn.Linear(6, 8), LIFNode(tau=2.0, backend='torch')
+        self.bn1 = nn.BatchNorm1d(8) if bn else nn.Identity()
         self.fc2, self.lif2 = nn.Linear(8, 5), LIFNode(tau=2.0, backend='torch')
         self.head = nn.Linear(5, 3)
 
     def forward(self, x, return_per_step=False):
         x = x.flatten(-3)
         x = x.transpose(0, 1) if x.dim() == 3 else x.unsqueeze(0).expand(self.T, *x.shape)
-        out = self.head(self.lif2(self.fc2(self.lif1(self.fc1(x)))))
+        z = self.fc1(x)
+        z = self.bn1(z.flatten(0, 1)).view_as(z)
+        out = self.head(self.lif2(self.fc2(self.lif1(z))))
         return out if return_per_step else out.mean(0)
 
 
-def _tiny(T=5, seed=0):
+def _tiny(T=5, seed=0, bn=False):
     torch.manual_seed(seed)
-    model = TinySNN(T).double()
+    model = TinySNN(T, bn).double()
     with torch.no_grad():  # strong enough weights for every layer to fire
         for fc in (model.fc1, model.fc2):
             fc.weight.mul_(2.0)
@@ -135,20 +138,27 @@ def _reference_step_rule(model, x, y, chosen, trace_decay=None):
     """SLTT (``trace_decay=None``) or OTTT by hand: a per-step loop over t with the membranes V detached between steps,
     LIF H = V + (X - V) / tau, hard reset to 0, loss CE(o_t, y) / T back-propagated at the ``chosen`` steps.
     OTTT: the weight gradient of each linear layer whose input is binary is sum_t g[t] a[t]^T with the trace
-    a[t] = lambda a[t-1] + s[t] and g[t] the gradient at the layer's output (its input's gradient as SLTT's)."""
+    a[t] = lambda a[t-1] + s[t] and g[t] the gradient at the layer's output (its input's gradient as SLTT's).
+    A BatchNorm after fc1 (``model.bn1``) normalises with the mean / variance over all T x B of fc1's outputs, computed
+    at step t from step t's outputs and the other steps' detached (the paths between steps dropped)."""
     T, params = model.T, dict(model.named_parameters())
     grads = {n: torch.zeros_like(p) for n, p in params.items()}
     layers = ['fc1', 'fc2', 'head']
     v = [torch.zeros(x.shape[0], 8, dtype=torch.float64), torch.zeros(x.shape[0], 5, dtype=torch.float64)]
     traces = [None, None, None]
+    frames = [(x[:, t] if x.dim() == 5 else x).flatten(1) for t in range(T)]
+    fc1_all = [F.linear(f, params['fc1.weight'], params['fc1.bias']) for f in frames]
     for t in range(T):
-        xt = (x[:, t] if x.dim() == 5 else x).flatten(1)
         inputs, outputs = [], []
-        h = xt
+        h = frames[t]
         for i, name in enumerate(layers):
             inputs.append(h)
-            z = F.linear(h, params[f'{name}.weight'], params[f'{name}.bias'])
+            z = fc1_all[t] if i == 0 else F.linear(h, params[f'{name}.weight'], params[f'{name}.bias'])
             outputs.append(z)
+            if i == 0 and 'bn1.weight' in params:
+                var, mean = torch.var_mean(torch.cat([o if s == t else o.detach() for s, o in enumerate(fc1_all)]),
+                                           0, unbiased=False)
+                z = (z - mean) / torch.sqrt(var + model.bn1.eps) * params['bn1.weight'] + params['bn1.bias']
             if i < 2:
                 u = v[i] + (z - v[i]) / 2.0
                 s = _Spike.apply(u - 1.0)
@@ -164,8 +174,11 @@ def _reference_step_rule(model, x, y, chosen, trace_decay=None):
             for n, g in zip(params, step):
                 grads[n] += g
             continue
-        g_out = torch.autograd.grad(loss, outputs)
-        for name, g, inp, a in zip(layers, g_out, inputs, traces):
+        others = [n for n in params if n.split('.')[0] not in layers]   # BatchNorm: its own gradient, as SLTT's
+        g_all = torch.autograd.grad(loss, outputs + [params[n] for n in others])
+        for n, g in zip(others, g_all[len(outputs):]):
+            grads[n] += g
+        for name, g, inp, a in zip(layers, g_all, inputs, traces):
             binary = bool(((inp == 0) | (inp == 1)).all())
             grads[f'{name}.weight'] += g.T @ (a if binary else inp.detach())
             grads[f'{name}.bias'] += g.sum(0)
@@ -231,7 +244,7 @@ def test_ottt_equals_hand_written_rule(binary_input):
 def test_sequence_batchnorm_statistics_reproduce_bptt_forward(mode):
     """bn_stats='sequence' (float64, a SEW-ResNet with BatchNorm after every conv, T=3): the per-step pass's logits
     equal BPTT's forward and the BatchNorm running buffers end equal to BPTT's (one update per batch); per-step
-    statistics ('step', the default) give other logits and T updates."""
+    statistics ('step') give other logits and T updates."""
     torch.manual_seed(0)
     model = snnzoo.create_model('sew_resnet_gesture', num_classes=4, in_chans=1, img_size=16, channels=[4, 8],
                                 connect_f='ADD', T=3).double().train()
@@ -250,6 +263,30 @@ def test_sequence_batchnorm_statistics_reproduce_bptt_forward(mode):
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in m.named_parameters() if 'head' in n)
     assert (outs['sequence'] - ref).abs().max() <= 1e-12
     assert (outs['step'] - ref).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize('mode', ['sltt', 'ottt'])
+def test_sequence_batchnorm_gradient_equals_hand_written_rule(mode):
+    """bn_stats='sequence' back-propagates through each step's own share of the statistics over T x B: the gradient
+    equals the rule written with the statistics of a concatenation in which the other steps are detached."""
+    model = _tiny(T=4, bn=True).train()
+    with torch.no_grad():
+        model.bn1.weight.copy_(torch.linspace(0.5, 1.5, 8))
+        model.bn1.bias.copy_(torch.linspace(0.6, 1.2, 8))
+    torch.manual_seed(4)
+    x, y = torch.rand(6, 4, 1, 2, 3, dtype=torch.float64), torch.tensor([0, 1, 2, 1, 0, 2])
+    ref = _reference_step_rule(model, x, y, chosen=set(range(4)), trace_decay=0.5 if mode == 'ottt' else None)
+    grads = _mode_grads(model, x, y, mode, bn_stats='sequence')
+    assert all(ref[n].abs().sum() > 0 for n in ref)
+    for n in ref:
+        assert (grads[n] - ref[n]).abs().max() <= 1e-12, n
+    # the statistics' gradient is really there: treating them as constants changes fc1's gradient
+    with torch.no_grad():
+        var, mean = torch.var_mean(model.fc1(x.flatten(2)).flatten(0, 1), 0, unbiased=False)
+    constant = copy.deepcopy(model)
+    bn = constant.bn1
+    bn.forward = lambda z: F.batch_norm(z, mean, var, bn.weight, bn.bias, False, 0.0, bn.eps)
+    assert (_mode_grads(constant, x, y, mode, bn_stats='step')['fc1.weight'] - grads['fc1.weight']).abs().max() > 1e-6
     with pytest.raises(ValueError, match=r"valid values are \['step', 'sequence'\]"):
         set_grad_mode(model, 'sltt', bn_stats='batch')
 

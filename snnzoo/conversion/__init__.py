@@ -4,7 +4,7 @@ neurons. Methods: threshold balancing (``'max'``, ``'percentile'``; layer- or ch
 ICLR 2022) and ``'exact'`` (spike counts equal the QCFS ANN's activation levels at T = L)."""
 from .calibration import activation_scales, calibration_batches
 from .convert import METHODS, ConvertedSNN, convert
-from .neurons import BurstIF, RepeatSteps, SignedIF, SpikeScale, ThresholdIF
+from .neurons import BurstIF, ConvertedNeuron, RepeatSteps, SignedIF, SpikeScale, ThresholdIF
 
-__all__ = ['convert', 'ConvertedSNN', 'METHODS', 'ThresholdIF', 'SignedIF', 'BurstIF', 'SpikeScale', 'RepeatSteps',
-           'activation_scales', 'calibration_batches']
+__all__ = ['convert', 'ConvertedSNN', 'METHODS', 'ConvertedNeuron', 'ThresholdIF', 'SignedIF', 'BurstIF', 'SpikeScale',
+           'RepeatSteps', 'activation_scales', 'calibration_batches']

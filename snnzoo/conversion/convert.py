@@ -317,8 +317,13 @@ def convert(ann: nn.Module, calibration_data: Optional[Batches] = None, T: int =
         thetas = activation_scales(gm, sites, batches, 100.0 if method == 'max' else percentile, channelwise)
     for i, n in enumerate(sites):
         theta, name = thetas[n.name], f"neuron{i}"
-        gm.add_submodule(name, BurstIF(theta, T, v_init) if method == 'exact' else SignedIF(theta, T, v_init)
-                         if signed else ThresholdIF(theta, T, v_init, backend))
+        if method == 'exact':
+            neuron = BurstIF(theta, T, v_init)
+        elif signed:
+            neuron = SignedIF(theta, T, v_init)
+        else:
+            neuron = ThresholdIF(theta, T, v_init, backend)
+        gm.add_submodule(name, neuron)
         gm.add_submodule(f"scale{i}", SpikeScale(theta))
         with gm.graph.inserting_after(n):
             new = gm.graph.call_module(name, (n.args[0],))

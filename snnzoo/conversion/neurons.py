@@ -5,7 +5,7 @@ import torch.nn as nn
 
 from ..layers.neuron import IFNode
 
-__all__ = ['ThresholdIF', 'SignedIF', 'BurstIF', 'SpikeScale', 'RepeatSteps']
+__all__ = ['ConvertedNeuron', 'ThresholdIF', 'SignedIF', 'BurstIF', 'SpikeScale', 'RepeatSteps']
 
 
 def _broadcast(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -13,8 +13,9 @@ def _broadcast(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return theta.reshape(theta.shape + (1,) * (x.dim() - 2)) if theta.dim() else theta
 
 
-class _ConvertedNeuron(nn.Module):
-    """Threshold ``theta`` (a scalar, or one per channel of dim 1), initial membrane ``v_init * theta``, ``T`` steps."""
+class ConvertedNeuron(nn.Module):
+    """The base of the converted neurons: threshold ``theta`` (a scalar, or one per channel of dim 1), initial
+    membrane ``v_init * theta``, ``T`` steps."""
 
     def __init__(self, theta: torch.Tensor, T: int, v_init: float):
         super().__init__()
@@ -37,7 +38,7 @@ class _ConvertedNeuron(nn.Module):
         return f"T={self.T}, threshold={shape}, v_init={self.v_init}"
 
 
-class ThresholdIF(_ConvertedNeuron):
+class ThresholdIF(ConvertedNeuron):
     """IF neuron with threshold theta, soft reset and V[0] = v_init * theta, over ``[T*B, ...]`` -> spikes {0, 1}.
 
     H[t] = V[t-1] + X[t];  S[t] = Heaviside(H[t] - theta);  V[t] = H[t] - theta S[t]. Computed as
@@ -56,7 +57,7 @@ class ThresholdIF(_ConvertedNeuron):
         return self.node(x).flatten(0, 1)
 
 
-class SignedIF(_ConvertedNeuron):
+class SignedIF(ConvertedNeuron):
     """Signed IF neuron: a :class:`ThresholdIF` that may also fire -1 to take back one of its earlier spikes, over
     ``[T*B, ...]`` -> spikes {-1, 0, 1}.
 
@@ -79,7 +80,7 @@ class SignedIF(_ConvertedNeuron):
         return out.flatten(0, 1)
 
 
-class BurstIF(_ConvertedNeuron):
+class BurstIF(ConvertedNeuron):
     """Accumulate-then-fire IF neuron: integrates all T input steps, then fires its count in a burst.
 
     n = clip(floor(sum_t X[t] / theta + v_init), 0, T);  S[t] = 1 for t < n, else 0  (``[T*B, ...]`` -> ``[T*B, ...]``).

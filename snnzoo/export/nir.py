@@ -58,7 +58,7 @@ import torch.nn as nn
 from ..layers import (BaseNode, ChannelQKAttention, IFNode, LIFNode, ParametricLIFNode, SpikeDrivenSelfAttention,
                       SpikingSelfAttention, TokenQKAttention)
 from ..layers.temporal import MultiStep
-from ..conversion.neurons import RepeatSteps, SpikeScale, ThresholdIF, _ConvertedNeuron
+from ..conversion.neurons import ConvertedNeuron, RepeatSteps, SpikeScale, ThresholdIF
 from ._trace import DataflowTrace
 from .fuse import fold_bn
 
@@ -67,7 +67,7 @@ __all__ = ['DT', 'NIRExportError', 'to_nir', 'from_nir', 'NIRNetwork', 'Heavisid
 DT = 1e-4
 _ATTENTION = (SpikingSelfAttention, SpikeDrivenSelfAttention, TokenQKAttention, ChannelQKAttention)
 _LEAVES = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d,
-           nn.Flatten, nn.Dropout, BaseNode, _ConvertedNeuron, SpikeScale, RepeatSteps)
+           nn.Flatten, nn.Dropout, BaseNode, ConvertedNeuron, SpikeScale, RepeatSteps)
 _PRODUCTS = frozenset({'mul', 'matmul', 'bmm', 'einsum', 'baddbmm', 'addbmm', 'mm', 'rmul', 'rsub', 'sub', 'div'})
 _ATTENTION_HELP = ("NIR 1.0.8 has no node that multiplies two activations (no matmul, no product): spiking "
                    "self-attention (Q K^T and its product with V) cannot be expressed; see the README section "
@@ -388,7 +388,7 @@ def to_nir(model: nn.Module, sample: torch.Tensor, dt: float = DT,
         if isinstance(module, _ATTENTION):
             raise NIRExportError(f"{name} ({type(module).__name__}) multiplies activations (the attention matmul, "
                                  f"spike x spike). {_ATTENTION_HELP}")
-        if isinstance(module, _ConvertedNeuron) and not isinstance(module, ThresholdIF):
+        if isinstance(module, ConvertedNeuron) and not isinstance(module, ThresholdIF):
             raise NIRExportError(_noncausal_help(name, module))
     shape = tuple(input_shape) if input_shape is not None else _feature_shape(sample)
     builder = _GraphBuilder(model, dt)

@@ -19,24 +19,27 @@
   product is not the product of the traces, so no presynaptic trace gives its gradient; such models raise.
 
 Per-step execution (SLTT, OTTT) changes what a training-mode BatchNorm sees: one step's batch ``B`` instead of
-``T x B``. ``bn_stats='step'`` (the default) normalises each step with its own batch statistics (T running updates per
-batch): memory stays flat in T. ``bn_stats='sequence'`` keeps BPTT's statistics: a forward under ``no_grad`` over all T
-steps (BPTT's forward, each layer's ``[T*B, ...]`` activations freed as the next is computed) first records every
-BatchNorm's batch mean and variance over ``T x B``; the per-step passes normalise with them as constants (no gradient
-through the statistics), so every step sees exactly BPTT's forward, and the running statistics are updated once per
-batch as BPTT updates them. It costs one more forward and a peak of one layer's T steps. On Fashion-MNIST (T=2, 300
-steps of batch 64) per-step statistics cost SLTT 3.9 points against BPTT (76.35 vs 80.25%), sequence statistics 1.2
-(79.10%; OTTT 80.60%); a per-step forward with the temporal gradient kept and per-step statistics reached 74.60%: the
-statistics, not the dropped temporal gradient, make the difference. A BatchNorm subclass with its own ``forward``
-keeps per-step statistics. Static images run the model with ``T = 1`` per step (the same image every step); event
-frames ``[B, T, C, H, W]`` feed frame ``t``. OTTT's trace decay is one value for the model (``1 - 1/tau`` of its
-first neuron, a PLIF's decay as it is when the mode is set); a BatchNorm between a layer and its neuron applies step
-t's statistics to the whole trace (OTTT's derivation has no BatchNorm).
+``T x B``. ``bn_stats='sequence'`` (the default) keeps BPTT's statistics: a forward under ``no_grad`` over all T steps
+(BPTT's forward, each layer's ``[T*B, ...]`` activations freed as the next is computed) first records every
+BatchNorm's mean and variance over ``T x B``; each per-step pass normalises with them and back-propagates through its
+own step's share of them (``mu = mu_seq + (mean_t(x) - sg(mean_t(x))) / T``, likewise ``E[x^2]``; the other steps'
+shares are constants: the paths between steps, which SLTT drops). Every step sees exactly BPTT's forward and the
+running statistics are updated once per batch, as BPTT's; it costs one more forward and a peak of one layer's T steps.
+``bn_stats='step'`` normalises each step alone (T running updates per batch, memory strictly flat in T); the trained
+network then meets, at evaluation, running statistics that no training step used. On Fashion-MNIST (T=2, 300 steps
+of batch 64, ``benchmarks/bench_grad_mode_accuracy.py``) BPTT reaches 80.25%, BPTT with its BatchNorm statistics taken
+as constants 75.60%, SLTT / OTTT with per-step statistics 76.35 / 75.75%, with sequence statistics as constants
+79.10 / 80.60% and with sequence statistics and their per-step gradient (the default) 80.55 / 81.90%. A BatchNorm
+subclass with its own ``forward`` (or one whose ``forward`` was replaced) keeps per-step statistics. Static images run
+the model with ``T = 1`` per step (the same image every step); event frames ``[B, T, C, H, W]`` feed frame ``t``.
+OTTT's trace decay is one value for the model (``1 - 1/tau`` of its first neuron, a PLIF's decay as it is when the mode
+is set); a BatchNorm between a layer and its neuron applies step t's statistics to the whole trace (OTTT's derivation
+has no BatchNorm).
 
 Usage::
 
     model.set_grad_mode('sltt', k=4)                       # or snnzoo.layers.set_grad_mode(model, 'sltt', k=4)
-    model.set_grad_mode('ottt', bn_stats='sequence')       # BatchNorm statistics over all T steps, as BPTT's
+    model.set_grad_mode('ottt', bn_stats='step')           # BatchNorm statistics per step (memory flat in T)
     out, loss = forward_backward(model, x, y, criterion)   # any mode: forward + backward, gradients accumulated
 """
 import random
@@ -73,6 +76,10 @@ def _neurons(model: nn.Module) -> list:
     return [m for m in model.modules() if isinstance(m, BaseNode)]
 
 
+def _batchnorms(module: nn.Module) -> list:
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 def _has_neuron(module: nn.Module) -> bool:
     return any(isinstance(m, BaseNode) for m in module.modules())
 
@@ -98,7 +105,7 @@ def _batchnorm_contexts(module: nn.Module):
     """``context_fn`` of a checkpointed block: the recomputation sees its BatchNorms' running statistics as the
     original forward saw them (some layers read them, e.g. Meta-SpikeFormer's BN padding) and updates copies, which
     are dropped; the live buffers are rebound, never modified in place (autograd may hold them)."""
-    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    bns = [m for m in _batchnorms(module) if m.track_running_stats]
     before = []
 
     @contextmanager
@@ -142,7 +149,7 @@ def set_block_checkpointing(model: nn.Module, enable: bool = True) -> nn.Module:
 
 # ---------------------------------------------------------------------------------------------------- the switch
 def set_grad_mode(model: nn.Module, mode: str, k: Optional[int] = None, ottt_lambda: Optional[float] = None,
-                  bn_stats: str = 'step') -> nn.Module:
+                  bn_stats: str = 'sequence') -> nn.Module:
     """Train ``model`` with gradient mode ``mode`` (``'bptt'``, ``'exact'``, ``'sltt'``, ``'ottt'``); returns ``model``.
 
     ``k`` (SLTT only): back-propagate ``k`` randomly chosen steps of each sequence. ``ottt_lambda`` (OTTT only): the
@@ -244,11 +251,22 @@ def _record_statistics(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _apply_statistics(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """One step normalised with the statistics its call recorded over the sequence (constants)."""
+    """One step normalised with the statistics its call recorded over the sequence, ``mu`` and ``E[x^2]`` over
+    ``T x B``, differentiable in this step's own share of them: ``mu = mu_seq + (n_t / n) (mean_t(x) - sg(mean_t(x)))``
+    and likewise ``E[x^2]`` (``sg``: stop-gradient; ``n_t / n = 1 / T``). The values are the sequence's; the gradient
+    is BPTT's through the statistics less the paths between steps, which SLTT drops everywhere (without it BatchNorm
+    training diverges)."""
     state = self._sequence_stats
-    mean, var, _ = state['calls'][state['next'] % len(state['calls'])]
+    mean, var, n = state['calls'][state['next'] % len(state['calls'])]
     state['next'] += 1
-    return F.batch_norm(x, mean, var, self.weight, self.bias, False, 0.0, self.eps)
+    dims, shape = [0] + list(range(2, x.dim())), (1, -1) + (1,) * (x.dim() - 2)
+    share = (x.numel() // x.shape[1]) / n
+    step_mean, step_sq = x.mean(dims), (x * x).mean(dims)
+    mean = mean + share * (step_mean - step_mean.detach())
+    mean_sq = mean * mean
+    var = var + share * (step_sq - step_sq.detach()) - (mean_sq - mean_sq.detach())
+    y = (x - mean.view(shape)) * torch.rsqrt(var + self.eps).view(shape)
+    return y if self.weight is None else y * self.weight.view(shape) + self.bias.view(shape)
 
 
 def _update_running_statistics(bn: nn.Module) -> None:
@@ -266,7 +284,7 @@ def _update_running_statistics(bn: nn.Module) -> None:
 def _sequence_statistics(model: nn.Module, x: torch.Tensor, autocast) -> Iterator[None]:
     """BatchNorm statistics over all T steps for a per-step pass (see the module docstring): record them with a
     ``no_grad`` forward of ``x``, normalise every step with them, update the running statistics once on exit."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+    bns = [m for m in _batchnorms(model) if m.training and 'forward' not in vars(m)
            and type(m).forward is nn.modules.batchnorm._BatchNorm.forward]
     for m in bns:
         m._sequence_stats = {'calls': [], 'next': 0}

@@ -279,7 +279,7 @@ def _train(cfg: DictConfig, info: DistInfo) -> dict:
                              f"snnzoo.layers.recompute_saved_spikes() instead, or leave the option null")
         model.set_recompute_spikes(bool(tr.recompute_spikes))
     set_grad_mode(model, str(tr.get('grad_mode') or 'bptt'), k=tr.get('sltt_k'), ottt_lambda=tr.get('ottt_lambda'),
-                  bn_stats=str(tr.get('bn_stats') or 'step'))
+                  bn_stats=str(tr.get('bn_stats') or 'sequence'))
     if tr.get('compile') and get_grad_mode(model) in ('sltt', 'ottt'):
         raise ValueError(f"trainer.compile=true cannot be combined with trainer.grad_mode={tr.grad_mode}: the per-step "
                          f"modes change the model's T and neuron state between steps; use grad_mode=bptt or exact "
