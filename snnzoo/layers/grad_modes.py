@@ -250,23 +250,39 @@ def _record_statistics(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.batch_norm(x, mean, var, self.weight, self.bias, False, 0.0, self.eps)
 
 
+class _ShareOfStatistics(torch.autograd.Function):
+    """``y = (x - mu) r w + b``, ``r = 1 / sqrt(var + eps)``, with ``mu``, ``var`` the sequence's statistics over
+    ``T x B``; backward differentiates them in this step's ``share`` (``1 / T``) of their elements only:
+    ``dx = r w (g - share (mean(g) + x_hat mean(g x_hat)))``, means over this step's elements per channel. That is
+    BatchNorm's training backward (``share = 1``) with the statistics' terms scaled, and saves what it saves: ``x``."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, mean, var, eps, share):
+        invstd = torch.rsqrt(var + eps)
+        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.share = share
+        return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        x, weight, mean, invstd = ctx.saved_tensors
+        dims, shape = [0] + list(range(2, x.dim())), (1, -1) + (1,) * (x.dim() - 2)
+        x_hat = (x - mean.view(shape)) * invstd.view(shape)
+        g_sum, gx_sum = g.sum(dims), (g * x_hat).sum(dims)
+        n = g.numel() // g.shape[1]
+        scale = invstd if weight is None else invstd * weight
+        dx = scale.view(shape) * (g - (ctx.share / n) * (g_sum.view(shape) + x_hat * gx_sum.view(shape)))
+        affine = weight is not None
+        return dx, gx_sum if affine else None, g_sum if affine else None, None, None, None, None
+
+
 def _apply_statistics(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """One step normalised with the statistics its call recorded over the sequence, ``mu`` and ``E[x^2]`` over
-    ``T x B``, differentiable in this step's own share of them: ``mu = mu_seq + (n_t / n) (mean_t(x) - sg(mean_t(x)))``
-    and likewise ``E[x^2]`` (``sg``: stop-gradient; ``n_t / n = 1 / T``). The values are the sequence's; the gradient
-    is BPTT's through the statistics less the paths between steps, which SLTT drops everywhere (without it BatchNorm
-    training diverges)."""
+    """One step normalised with the statistics its call recorded over the sequence (:class:`_ShareOfStatistics`)."""
     state = self._sequence_stats
     mean, var, n = state['calls'][state['next'] % len(state['calls'])]
     state['next'] += 1
-    dims, shape = [0] + list(range(2, x.dim())), (1, -1) + (1,) * (x.dim() - 2)
-    share = (x.numel() // x.shape[1]) / n
-    step_mean, step_sq = x.mean(dims), (x * x).mean(dims)
-    mean = mean + share * (step_mean - step_mean.detach())
-    mean_sq = mean * mean
-    var = var + share * (step_sq - step_sq.detach()) - (mean_sq - mean_sq.detach())
-    y = (x - mean.view(shape)) * torch.rsqrt(var + self.eps).view(shape)
-    return y if self.weight is None else y * self.weight.view(shape) + self.bias.view(shape)
+    return _ShareOfStatistics.apply(x, self.weight, self.bias, mean, var, self.eps, (x.numel() // x.shape[1]) / n)
 
 
 def _update_running_statistics(bn: nn.Module) -> None:
