@@ -144,7 +144,8 @@ def project(rows: list, batch: int) -> dict:
     out = {}
     for name, case in PROJECTED.items():
         measured = {r['T']: r for r in rows if r['case'] == case}
-        if 1 not in measured or len(measured) < 2:
+        if 1 not in measured or len(measured) < 2 or not all('kept_mb' in measured[1].get(m, {}) for m in
+                                                              ('bptt', 'exact')):
             continue
         T_ref = max(measured)
         params = sum(p.numel() for p in snnzoo.create_model(name).parameters())
