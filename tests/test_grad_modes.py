@@ -291,6 +291,23 @@ def test_sequence_batchnorm_gradient_equals_hand_written_rule(mode):
         set_grad_mode(model, 'sltt', bn_stats='batch')
 
 
+@pytest.mark.parametrize('mode', ['sltt', 'ottt'])
+@pytest.mark.parametrize('stats', ['sequence', 'step'])
+def test_per_step_modes_under_bfloat16_autocast(mode, stats):
+    """CPU bfloat16 autocast (trainer.amp): the statistics over the sequence are kept in float32, as BatchNorm keeps
+    them (bfloat16 statistics beside float32 weights were refused by batch_norm), and every gradient is finite."""
+    torch.manual_seed(0)
+    model = snnzoo.create_model('sew_resnet_gesture', num_classes=4, in_chans=1, img_size=16, channels=[4, 8],
+                                connect_f='ADD', T=3).train()
+    set_grad_mode(model, mode, bn_stats=stats)
+    x, y = torch.randn(4, 1, 16, 16), torch.tensor([0, 1, 2, 3])
+    out, loss = forward_backward(model, x, y, F.cross_entropy, autocast=torch.autocast('cpu', dtype=torch.bfloat16))
+    assert out.shape == (4, 4) and torch.isfinite(loss)
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+    assert all(float(m.weight.grad.abs().sum()) > 0 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+
+
 def test_memory_relations_in_one_run():
     """Measured in one process (allocations from the profiler's record): BPTT keeps more with T, exact mode keeps less
     than BPTT, SLTT's peak over a whole training step stays flat in T and under BPTT's."""

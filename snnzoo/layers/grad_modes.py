@@ -244,8 +244,10 @@ def _trace_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _record_statistics(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A BatchNorm's training forward over the whole sequence that keeps its batch mean / variance per call."""
-    var, mean = torch.var_mean(x, dim=[0] + list(range(2, x.dim())), unbiased=False)
+    """A BatchNorm's training forward over the whole sequence that keeps its batch mean / variance per call (in float32
+    at least, as BatchNorm computes them under autocast)."""
+    stats_dtype = torch.promote_types(x.dtype, torch.float32)
+    var, mean = torch.var_mean(x.to(stats_dtype), dim=[0] + list(range(2, x.dim())), unbiased=False)
     self._sequence_stats['calls'].append((mean, var, x.numel() // x.shape[1]))
     return F.batch_norm(x, mean, var, self.weight, self.bias, False, 0.0, self.eps)
 
